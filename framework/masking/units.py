@@ -1,0 +1,225 @@
+"""Choosing masking units within a token budget, and BERT's 80/10/10 rule applied per unit.
+
+Every built-in strategy works the same way; only *what a unit is* differs (a token, a jieba word, an entity,
+a run of words):
+
+1. **Budget.** ``budget = stochastic_round(mask_prob * n)`` tokens for an example of ``n`` non-special
+   tokens. Plain ``round`` (BERT's and HuggingFace's ``max(1, round(n * p))``) is biased on short sentences:
+   at ``p = 0.15`` a 10-token sentence always gets 2 tokens (20%) and a 13-token one 2 (15.4%). Rounding up
+   with probability equal to the fractional part makes the *expected* budget exactly ``p * n`` for every
+   length, so the realised corpus ratio hits the target.
+2. **Units in random order until the budget is spent** (:func:`take_within_budget`). A unit that fits is
+   taken. The first unit that would overshoot is taken with probability ``remaining / its length`` and the
+   walk stops. The deterministic alternative (skip units that do not fit, as BERT-wwm does) undershoots
+   systematically when units are long (SpanBERT spans average ~4 words), while this rule keeps every unit
+   whole and makes the expected number of chosen tokens equal to the budget.
+3. **One action per unit** (:func:`draw_actions`): ``[MASK]`` with ``mask_token_prob``, random tokens with
+   ``random_token_prob``, else unchanged, so all tokens of a whole word share one treatment. Every token of a
+   chosen unit is predicted (labelled with its original id).
+
+Units are token spans ``[start, end)``; a unit made of several spans (a run of words across a special token)
+carries one unit id per span. All work is NumPy over span arrays: no Python loop per token.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from framework.data.example import IGNORE_INDEX, MaskedExample, SegmentedExample
+from framework.masking.base import MaskingContext, MaskingOptions, MaskingStrategy
+
+MASK, RANDOM, KEEP = 0, 1, 2
+"""Per-unit actions of the 80/10/10 rule."""
+
+
+def stochastic_round(value: float, rng: np.random.Generator) -> int:
+    """``floor(value)`` plus one with probability ``value - floor(value)``: unbiased integer rounding."""
+    base = int(np.floor(value))
+    return base + int(rng.random() < value - base)
+
+
+def token_budget(num_tokens: int, options: MaskingOptions, rng: np.random.Generator) -> int:
+    """How many tokens of an ``num_tokens``-token example to choose (expected value ``mask_prob * num_tokens``)."""
+    budget = stochastic_round(options.mask_prob * num_tokens, rng)
+    if options.max_predictions is not None:
+        budget = min(budget, options.max_predictions)
+    return min(budget, num_tokens)
+
+
+def take_within_budget(lengths: np.ndarray, budget: int, rng: np.random.Generator) -> int:
+    """How many leading units (already in random order) to take so the expected total equals ``budget``.
+
+    Units whose running total stays within the budget are taken; the next one, which would overshoot, is taken
+    with probability ``remaining / length``. One random number is drawn only when such a unit exists.
+    """
+    if budget <= 0 or len(lengths) == 0:
+        return 0
+    total = np.cumsum(lengths)
+    fit = int(np.searchsorted(total, budget, side="right"))  # units with running total <= budget
+    if fit == len(lengths):
+        return fit
+    remaining = budget - (int(total[fit - 1]) if fit else 0)
+    if remaining > 0 and rng.random() < remaining / float(lengths[fit]):
+        return fit + 1
+    return fit
+
+
+def span_lengths(spans: np.ndarray) -> np.ndarray:
+    """Token count of each ``[start, end)`` span."""
+    return (spans[:, 1] - spans[:, 0]).astype(np.int64)
+
+
+def span_positions(spans: np.ndarray) -> np.ndarray:
+    """All token positions covered by ``spans``, span by span, as one ``int64`` array (no Python loop)."""
+    lengths = span_lengths(spans)
+    if lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.repeat(spans[:, 0].astype(np.int64), lengths)
+    offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return starts + offsets
+
+
+def coverage_mask(spans: np.ndarray, length: int) -> np.ndarray:
+    """``bool [length]``: True at positions inside any of ``spans`` (spans may overlap)."""
+    delta = np.zeros(length + 1, dtype=np.int64)
+    if len(spans):
+        np.add.at(delta, spans[:, 0], 1)
+        np.add.at(delta, spans[:, 1], -1)
+    return np.cumsum(delta[:-1]) > 0
+
+
+def draw_actions(num_units: int, mask_token_prob: float, random_token_prob: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """One 80/10/10 action per unit: ``MASK``, ``RANDOM`` or ``KEEP`` (``int8``)."""
+    u = rng.random(num_units)
+    actions = np.full(num_units, KEEP, dtype=np.int8)
+    actions[u < mask_token_prob + random_token_prob] = RANDOM
+    actions[u < mask_token_prob] = MASK
+    return actions
+
+
+def choose_word_runs(
+    word_spans: np.ndarray, budget: int, length_probs: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of consecutive whole words (SpanBERT spans, MacBERT n-grams) totalling about ``budget`` tokens.
+
+    Candidate runs start at the words in random order, each with a length in words drawn from
+    ``length_probs`` (``length_probs[k]`` is the probability of ``k + 1`` words). A run is cut short where it
+    would reach an already chosen word (or the end of the example) and skipped when its first word is taken;
+    the budget rule is :func:`take_within_budget`'s. Returns the chosen words' spans in text order and the run
+    each belongs to.
+    """
+    num_words = len(word_spans)
+    if budget <= 0 or num_words == 0:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    starts = rng.permutation(num_words)
+    run_words = rng.choice(len(length_probs), size=num_words, p=length_probs) + 1
+    token_end = np.concatenate([[0], np.cumsum(span_lengths(word_spans))])
+    covered = np.zeros(num_words + 1, dtype=bool)
+    covered[num_words] = True  # a sentinel: runs stop at the end of the example
+    runs: list[tuple[int, int]] = []
+    spent = 0
+    # One iteration per run (a few per sentence), not per token.
+    for start, n in zip(starts.tolist(), run_words.tolist()):
+        if covered[start]:
+            continue
+        blocked = np.flatnonzero(covered[start + 1:start + n])  # the run's later words that are taken
+        end = start + 1 + int(blocked[0]) if len(blocked) else start + n
+        size = int(token_end[end] - token_end[start])
+        remaining = budget - spent
+        if size > remaining:
+            if rng.random() < remaining / size:
+                runs.append((start, end))
+            break
+        runs.append((start, end))
+        covered[start:end] = True
+        spent += size
+        if spent == budget:
+            break
+    runs.sort()
+    words = np.concatenate([np.arange(a, b) for a, b in runs]) if runs else np.zeros(0, dtype=np.int64)
+    unit_of_span = np.repeat(np.arange(len(runs)), [b - a for a, b in runs]) if runs else np.zeros(0, dtype=np.int64)
+    return word_spans[words].astype(np.int64), unit_of_span.astype(np.int64)
+
+
+class UnitMasker:
+    """Applies chosen units and their actions to an example's tokens; holds what that needs from the vocab."""
+
+    def __init__(self, context: MaskingContext) -> None:
+        self.mask_token_id = int(context.vocab.mask_token_id)
+        self.pool = context.vocab.replacement_pool().astype(np.int64)
+        if len(self.pool) == 0:
+            raise ValueError("the vocabulary has no non-special token to draw random replacements from")
+
+    def random_tokens(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` random non-special token ids."""
+        return self.pool[rng.integers(0, len(self.pool), count)]
+
+    def apply(
+        self,
+        example: SegmentedExample,
+        spans: np.ndarray,
+        actions: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """New ``input_ids`` and ``labels`` (``int64``) with ``actions[i]`` applied to every token of ``spans[i]``."""
+        input_ids = example.input_ids.astype(np.int64)  # a copy: examples may be memory-mapped
+        labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int64)
+        lengths = span_lengths(spans)
+        positions = span_positions(spans)
+        token_action = np.repeat(actions, lengths)
+        labels[positions] = input_ids[positions]
+        input_ids[positions[token_action == MASK]] = self.mask_token_id
+        random_positions = positions[token_action == RANDOM]
+        if len(random_positions):
+            input_ids[random_positions] = self.random_tokens(len(random_positions), rng)
+        return input_ids, labels
+
+
+def finish(example: SegmentedExample, input_ids: np.ndarray, labels: np.ndarray,
+           keep: np.ndarray | None = None) -> MaskedExample:
+    """Wrap the result, computing ``entity_label_mask`` and dropping positions where ``keep`` is False."""
+    entity_label_mask = coverage_mask(example.entity_spans, len(example)) & (labels != IGNORE_INDEX)
+    if keep is not None:
+        input_ids, labels, entity_label_mask = input_ids[keep], labels[keep], entity_label_mask[keep]
+    return MaskedExample(input_ids=input_ids, labels=labels, entity_label_mask=entity_label_mask)
+
+
+def non_special_spans(example: SegmentedExample) -> np.ndarray:
+    """One single-token span per non-special position (the units of token-level masking)."""
+    positions = np.flatnonzero(~example.special_mask.astype(bool))
+    return np.stack([positions, positions + 1], axis=1)
+
+
+class UnitMaskingStrategy(MaskingStrategy):
+    """A strategy defined by how it chooses units; budget, 80/10/10 and labels are shared.
+
+    Subclasses implement :meth:`choose_units`, returning the chosen units as token spans (``int64 [K, 2]``)
+    and the unit each span belongs to (``int64 [K]``, non-decreasing; ``arange(K)`` when every unit is a
+    single span). All tokens of a unit get the same action.
+    """
+
+    Options: ClassVar[type] = MaskingOptions
+
+    def __init__(self, context: MaskingContext, **options: object) -> None:
+        super().__init__(context, **options)
+        self.masker = UnitMasker(context)
+
+    @abstractmethod
+    def choose_units(
+        self, example: SegmentedExample, budget: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The units to predict, spending about ``budget`` tokens (see :func:`take_within_budget`)."""
+
+    def mask(self, example: SegmentedExample, rng: np.random.Generator) -> MaskedExample:
+        """Budget, choose units, one action per unit, label every chosen token."""
+        budget = token_budget(example.num_tokens, self.options, rng)
+        spans, unit_of_span = self.choose_units(example, budget, rng)
+        num_units = int(unit_of_span[-1]) + 1 if len(unit_of_span) else 0
+        opts = self.options
+        actions = draw_actions(num_units, opts.mask_token_prob, opts.random_token_prob, rng)[unit_of_span]
+        input_ids, labels = self.masker.apply(example, spans, actions, rng)
+        return finish(example, input_ids, labels)

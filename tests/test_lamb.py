@@ -65,7 +65,9 @@ def run_lamb(
     return [p.detach() for p in params], ratios, opt
 
 
-def random_problem(seed: int, shapes: list[tuple[int, ...]], steps: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+def random_problem(
+    seed: int, shapes: list[tuple[int, ...]], steps: int
+) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Random weights and gradient sequences (float32-representable) of the given shapes."""
     rng = np.random.default_rng(seed)
     weights = [rng.normal(0, 0.5, size=s).astype(np.float32) for s in shapes]
@@ -129,7 +131,8 @@ def test_trust_ratio_is_clamped_at_both_ends() -> None:
     assert low == [[pytest.approx(0.02)]]
     # The clamped reference agrees on the resulting weights too.
     got, _, _ = run_lamb(big, grads, lr=0.01, weight_decay=0.0, max_trust_ratio=5.0)
-    want, _ = reference_lamb(big, grads, lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, max_ratio=5.0, min_ratio=0.01)
+    want, _ = reference_lamb(big, grads, lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
+                             max_ratio=5.0, min_ratio=0.01)
     np.testing.assert_allclose(got[0].numpy(), want[0], rtol=1e-6)
 
 

@@ -21,10 +21,11 @@ clamped from below as well as from above (``min_coeff``/``max_coeff`` there, ``m
 every parameter of a group; exclude biases and LayerNorm weights with a parameter group whose
 ``weight_decay`` is 0.
 
-The trust ratio is per tensor the optimizer is handed. DeepSpeed's fp16 path for client optimizers
-(``FP16_UnfusedOptimizer``) keeps one fp32 master tensor per parameter, so the ratio stays layer-wise there;
-its bf16 optimizer and ZeRO stages 1-2 hand the optimizer one flat partition per parameter group, which turns
-LAMB into one trust ratio per partition (see ``docs/configs.md``).
+The trust ratio is per tensor the optimizer is handed. At ZeRO stage 0, DeepSpeed (0.19) wraps a client
+optimizer for fp16 and bf16 in ``FP16_UnfusedOptimizer``, which keeps one fp32 master tensor per parameter, so
+the ratio stays layer-wise. ZeRO stages 1-2 hand the optimizer one flat fp32 partition per parameter group and
+rank instead, which turns LAMB into one trust ratio per partition, for ``FusedLamb`` as for this class (see
+``docs/configs.md``).
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ class Lamb(Optimizer):
                 state = self.state[param]
                 if len(state) == 0:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
+                    state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32)
                 state["step"] += 1
                 self._last_trust_ratios.append(self._update_param(param, state, group, beta1, beta2))
         return loss

@@ -82,7 +82,8 @@ class MLMMetrics:
 
         loss_sum = F.cross_entropy(picked, target, reduction="sum") if target.numel() else picked.new_zeros(())
         correct = picked.argmax(dim=-1) == target
-        sums = [loss_sum.double(), correct.sum().double(), torch.tensor(float(target.numel()), dtype=torch.float64, device=picked.device)]
+        count = torch.tensor(float(target.numel()), dtype=torch.float64, device=picked.device)
+        sums = [loss_sum.double(), correct.sum().double(), count]
         if entity_label_mask is not None:
             in_entity = entity_label_mask.reshape(-1).to(picked.device)[selected].bool()
             sums += [(correct & in_entity).sum().double(), in_entity.sum().double()]

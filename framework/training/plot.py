@@ -60,7 +60,7 @@ def plot_losses(metrics_jsonl: Path, out_png: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     try:
-        styles = {"train": dict(linewidth=1.2, alpha=0.9), "valid": dict(marker="o", linewidth=1.6)}
+        styles = {"train": dict(color="C0", linewidth=1.2), "valid": dict(color="C1", marker="o", linewidth=1.6)}
         # train first, valid second, then any other split the loop logged, in name order.
         for split in sorted(curves, key=lambda s: (s != "train", s != "valid", s)):
             steps, losses = zip(*curves[split])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -63,12 +62,9 @@ def csl_keywords(csl_papers: list[dict]) -> list[str]:
 @pytest.fixture(scope="session")
 def csl_sentences(csl_papers: list[dict]) -> list[str]:
     """Real CSL sentences (titles and abstract sentences of 10-128 characters) through the corpus pipeline."""
-    try:
-        from framework.data.sentences import split_sentences
-        from framework.data.cleaning import clean_text
-    except ImportError:  # pragma: no cover - only while the corpus pipeline is being written
-        split_sentences = lambda text: [s for s in re.split(r"(?<=[。！？；])|(?<=[.．](?=[^\d]))", text) if s]  # noqa: E731
-        clean_text = lambda s: s.strip()  # noqa: E731
+    from framework.data.cleaning import clean_text
+    from framework.data.sentences import split_sentences
+
     out: list[str] = []
     for paper in csl_papers:
         for raw in [paper["title"], *split_sentences(paper["abstract"])]:

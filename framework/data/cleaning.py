@@ -48,6 +48,9 @@ def _build_translation() -> dict[int, int | None]:
 
 
 _TRANSLATION = _build_translation()
+# str.translate with a dict costs a lookup per character; most sentences need none of it, and a regex scan
+# for "anything to translate" is several times cheaper than translating.
+_NEEDS_TRANSLATION_RE = re.compile("[" + "".join(re.escape(chr(cp)) for cp in sorted(_TRANSLATION)) + "]")
 
 # "Latin or digit" for the space rule: ASCII letters and digits plus the Latin-1/Latin Extended letters
 # (accented author names, "Müller").
@@ -70,7 +73,8 @@ def clean_text(text: str) -> str:
 
     The result has no leading, trailing or doubled spaces; it may be empty.
     """
-    text = text.translate(_TRANSLATION)
+    if _NEEDS_TRANSLATION_RE.search(text):
+        text = text.translate(_TRANSLATION)
     if " " in text:
         text = _SPACES_RE.sub(" ", text).strip()
         text = _UNWANTED_SPACE_RE.sub("", text)

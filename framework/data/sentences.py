@@ -1,12 +1,14 @@
 """Splitting an abstract into sentences.
 
-Chinese terminators (``。！？；``), their ASCII forms (``!?;``) and line breaks always end a sentence (a
-semicolon inside brackets does not: ``(男30例;女20例)``). The full stop is the hard case: CSL abstracts are
+Chinese terminators (``。！？；``), their ASCII forms (``!?;``) and line breaks end a sentence, except a
+semicolon inside brackets (``(男30例;女20例)``) and an ASCII ``?``/``!`` glued to a following letter, digit or
+comma (``Bio?oss``: CSL has ``?`` where a character was lost in conversion). The full stop is the hard case: CSL abstracts are
 typeset with the ASCII ``.`` (and FewCLUE's with the full-width ``．``) as the Chinese full stop, in the same
 text as decimals (``0.05``), units (``312 m.``), abbreviations (``Fig.2``, ``et al.``, ``e.g.``), initials
 (``U.S.``, ``И.比丘林``) and list markers (``;2.通过``). A dot ends a sentence when its context says so:
 
-* never between two digits (``0.3%``, ``1．5``) and never in a run of two or more dots (an ellipsis);
+* never between two digits (``0.3%``, ``1．5``, also spaced: ``59 .02``) and never in a run of two or more
+  dots (an ellipsis);
 * after a Chinese character, a closing bracket or quote, ``%``, ``℃`` and the like: yes (``方法.仿真``);
 * after a Latin word: only when the word is not an abbreviation (``al``, ``Fig``, ``vs``, ``var`` ...), not
   a dotted abbreviation (``e.g``, ``U.S``), not a single capital (an initial), and the next character starts
@@ -39,13 +41,16 @@ _CJK_RE = re.compile(f"[{CJK_CHAR_CLASS}]")
 _LETTER = "A-Za-z\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff"  # Latin, Greek, Cyrillic
 _WORD_BEFORE_RE = re.compile(f"(?:[{_LETTER}]+\\.)*[{_LETTER}]+$")
 _LIST_BOUNDARY = frozenset(",，;；：、。(（ \n")
+# An ASCII "?" or "!" right before one of these is not a sentence end (garbled characters, "n!").
+_NOT_AFTER_ASCII_MARK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789、，,")
 _LOOKBACK = 24  # characters examined before a dot; longer than any abbreviation we test
 
-# Lower-cased abbreviations that end with a dot without ending the sentence.
-ABBREVIATIONS = frozenset(
-    """al fig figs eq eqs ref refs tab vs var subg subsp ssp sp spp cf ca approx no nos vol pp p dr mr mrs
-    prof st jr sr inc ltd co corp dept univ jan feb mar apr jun jul aug sep sept oct nov dec""".split()
-)
+# Abbreviations that end with a dot without ending the sentence, matched case-sensitively in the given
+# and the capitalised form. Left out on purpose: words that are also chemical symbols ending a Chinese
+# sentence ("含Ca.", "Co.", "Sr."), so "ca" (circa) is lower-case only.
+_ABBREVIATION_WORDS = """al fig figs eq eqs ref refs tab tabs vs var subg subsp ssp sp spp cf approx no nos vol vols
+    pp ed eds dr mr mrs ms prof st inc ltd corp dept univ jan feb mar apr jun jul aug sep sept oct nov dec""".split()
+ABBREVIATIONS = frozenset(_ABBREVIATION_WORDS + [w.capitalize() for w in _ABBREVIATION_WORDS] + ["ca"])
 
 
 def _is_cjk(ch: str) -> bool:
@@ -81,11 +86,13 @@ def _dot_ends_sentence(text: str, start: int, end: int) -> bool:
         return True
     if _is_digit(prev) and _is_digit(nxt):
         return False  # decimal: 0.05, 1．5
+    if prev == " " and _is_digit(nxt):
+        return False  # a decimal typeset with a space, "(59 .02 ± 6 .01)%": never a sentence start
     if _is_letter(prev):
         window = text[max(0, start - _LOOKBACK) : start]
         match = _WORD_BEFORE_RE.search(window)
         word = match.group(0) if match else prev
-        if "." in word or word.lower() in ABBREVIATIONS:
+        if "." in word or word in ABBREVIATIONS:
             return False  # e.g. / U.S. / et al. / Fig.
         if len(word) == 1 and word.isupper():
             return False  # an initial: "И.比丘林", "L.)"
@@ -96,9 +103,7 @@ def _dot_ends_sentence(text: str, start: int, end: int) -> bool:
         return _is_cjk(nxt) or (nxt == " " and _is_cjk(text[end + 1 : end + 2]))
     if prev in _OPENERS and prev not in _ASCII_QUOTES:
         return False  # "(.OH)": a dot right after an opening bracket is a symbol
-    # After a Chinese character, a closing bracket/quote, %, ℃ ...: the Chinese full stop, unless a digit
-    # or a lower-case letter follows directly (".OH" radicals, ".3" would be odd sentence starts only
-    # after a Latin context, which was handled above).
+    # After a Chinese character, a closing bracket or quote, %, ℃ ...: CSL's Chinese full stop.
     return True
 
 
@@ -139,6 +144,8 @@ def split_sentences(text: str) -> list[str]:
                 continue
         elif all(ch in ";；" for ch in marks) and _inside_brackets(text[begin:start]):
             continue  # "(男30例;女20例)"
+        elif marks in ("?", "!") and end < n and text[end] in _NOT_AFTER_ASCII_MARK:
+            continue  # "Bio?oss", "mg?g-1": a "?" standing in for a lost character, not a question
         # Keep closing quotes and brackets with the sentence they close.
         while end < n:
             ch = text[end]

@@ -37,7 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from framework.data.example import EntityTable, SegmentedExample, VocabInfo
-from framework.data.segmenter import Segmenter, SegmentedSentence, entity_token_table, iter_chunks
+from framework.data.segmenter import SegmentedChunk, Segmenter, entity_token_table, iter_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +100,9 @@ def _init_worker(tokenizer_path: str, lexicon_paths: list[str], hmm: bool) -> No
     _WORKER = Segmenter(load_fast_tokenizer(tokenizer_path), lexicon, hmm=hmm)
 
 
-def _segment_chunk(lines: list[str]) -> list[SegmentedSentence]:
+def _segment_chunk(lines: list[str]) -> SegmentedChunk:
     assert _WORKER is not None, "worker not initialised"
-    return _WORKER.segment_many(lines)
+    return _WORKER.segment_chunk(lines)
 
 
 def _read_sentences(corpus: Path) -> Iterator[str]:
@@ -129,20 +129,17 @@ class _Writer:
         for name in ("token_offsets", "word_offsets", "entity_offsets"):
             self.files[name].write(np.zeros(1, dtype=np.int64).tobytes())
 
-    def add(self, batch: list[SegmentedSentence]) -> None:
-        if not batch:
-            return
-        toks = [s.token_ids for s in batch]
-        words = [s.word_spans for s in batch]
-        ents = [s.entity_spans for s in batch]
-        for key, arrays, offsets in (("tokens", toks, "token_offsets"), ("words", words, "word_offsets"),
-                                     ("entities", ents, "entity_offsets")):
-            lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
-            self.files[key].write(np.concatenate(arrays).astype(_ARRAYS[key][0], copy=False).tobytes())
-            self.files[offsets].write((self.counts[key] + np.cumsum(lengths)).tobytes())
-            self.counts[key] += int(lengths.sum())
-        self.files["entity_ids"].write(np.concatenate([s.entity_ids for s in batch]).astype(np.int32).tobytes())
-        self.sentences += len(batch)
+    def add(self, chunk: SegmentedChunk) -> None:
+        for key, counts, offsets, rows in (
+            ("tokens", chunk.token_counts, "token_offsets", chunk.tokens),
+            ("words", chunk.word_counts, "word_offsets", chunk.word_spans),
+            ("entities", chunk.entity_counts, "entity_offsets", chunk.entity_spans),
+        ):
+            self.files[key].write(np.ascontiguousarray(rows, dtype=_ARRAYS[key][0]).tobytes())
+            self.files[offsets].write((self.counts[key] + np.cumsum(counts, dtype=np.int64)).tobytes())
+            self.counts[key] += int(counts.sum())
+        self.files["entity_ids"].write(np.ascontiguousarray(chunk.entity_ids, dtype=np.int32).tobytes())
+        self.sentences += len(chunk)
 
     def close(self) -> None:
         for f in self.files.values():
@@ -205,7 +202,7 @@ def build_segmented_dataset(
     try:
         if workers == 1:
             _init_worker(*init_args)
-            results: Iterator[list[SegmentedSentence]] = map(_segment_chunk, chunks)
+            results: Iterator[SegmentedChunk] = map(_segment_chunk, chunks)
             pool = None
         else:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")

@@ -19,6 +19,7 @@ strategies only ever see the resulting spans.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from dataclasses import dataclass
@@ -56,6 +57,34 @@ class SegmentedSentence:
     word_spans: np.ndarray
     entity_spans: np.ndarray
     entity_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class SegmentedChunk:
+    """Many segmented sentences as flat arrays: what the dataset build writes, without per-sentence objects.
+
+    ``token_counts[i]``, ``word_counts[i]`` and ``entity_counts[i]`` say how many rows of ``tokens``,
+    ``word_spans`` and ``entity_spans``/``entity_ids`` belong to sentence ``i``; spans are relative to the
+    sentence's first token.
+    """
+
+    tokens: np.ndarray
+    token_counts: np.ndarray
+    word_spans: np.ndarray
+    word_counts: np.ndarray
+    entity_spans: np.ndarray
+    entity_ids: np.ndarray
+    entity_counts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.token_counts))
+
+    def split(self) -> list[SegmentedSentence]:
+        """Every sentence of the chunk, in order (views into the chunk's arrays)."""
+        cut = [np.cumsum(c)[:-1] for c in (self.token_counts, self.word_counts, self.entity_counts)]
+        parts = zip(np.split(self.tokens, cut[0]), np.split(self.word_spans, cut[1]),
+                    np.split(self.entity_spans, cut[2]), np.split(self.entity_ids, cut[2]))
+        return [SegmentedSentence(t, w, e, ids) for t, w, e, ids in parts]
 
 
 class Segmenter:
@@ -102,58 +131,77 @@ class Segmenter:
 
     def segment(self, text: str) -> SegmentedSentence:
         """Segment one sentence."""
-        return self.segment_many([text])[0]
+        return self.segment_chunk([text]).split()[0]
 
     def segment_many(self, texts: Sequence[str]) -> list[SegmentedSentence]:
-        """Segment a list of sentences (tokenized in one batch, which is much faster in the Rust tokenizer)."""
-        enc = self.tokenizer(
-            list(texts), add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return [
-            self._align(text, ids, offsets)
-            for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"])
-        ]
+        """Segment several sentences, one :class:`SegmentedSentence` each."""
+        return self.segment_chunk(texts).split()
 
-    def _align(self, text: str, ids: list[int], offsets: list[tuple[int, int]]) -> SegmentedSentence:
-        # Plain lists, not NumPy: sentences are ~40 tokens, where per-call NumPy overhead dominates.
-        words = [(w, s, e) for w, s, e in self._jieba.tokenize(text, HMM=self.hmm) if not w.isspace()]
-        entity_words = self._match_entities([w for w, _, _ in words]) if self._entity_index else []
-        # Word id of every character; the words of an entity share the entity's first word id.
-        word_of_char = [-1] * (len(text) + 1)
-        group = list(range(len(words)))
-        for a, b, _ in entity_words:
-            for k in range(a + 1, b):
-                group[k] = a
-        for k, (_, s, e) in enumerate(words):
-            word_of_char[s:e] = [group[k]] * (e - s)
+    def segment_chunk(self, texts: Sequence[str]) -> "SegmentedChunk":
+        """Segment a list of sentences into flat arrays (the fast path the dataset build uses).
 
-        n = len(ids)
-        word_spans: list[tuple[int, int]] = []
-        first_token: dict[int, int] = {}
-        prev = -2
-        for t, (start, _) in enumerate(offsets):
-            w = word_of_char[start] if start < len(text) else -1
-            if w < 0:  # a character jieba skipped (whitespace) joins the word before it
-                w = max(prev, 0)
-            if w != prev:
-                if word_spans:
-                    word_spans[-1] = (word_spans[-1][0], t)
-                word_spans.append((t, n))
-                first_token.setdefault(w, len(word_spans) - 1)
-                prev = w
-        ent_spans: list[tuple[int, int]] = []
+        jieba runs per sentence (it is pure Python); everything after it is done once for the whole chunk
+        with NumPy: every token finds its word by a binary search of its character position among the
+        words' first characters, laid end to end across the chunk.
+        """
+        texts = list(texts)
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                             return_attention_mask=False, return_token_type_ids=False)
+        token_counts = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=len(texts))
+        total = int(token_counts.sum())
+        tokens = np.fromiter(itertools.chain.from_iterable(enc["input_ids"]), dtype=np.int32, count=total)
+        token_chars = np.fromiter((s for offsets in enc["offset_mapping"] for s, _ in offsets), dtype=np.int64,
+                                  count=total)
+        char_base = np.zeros(len(texts), dtype=np.int64)
+        leader_starts: list[int] = []  # global first character of every word (entity words merged)
+        ent_leaders: list[int] = []
         ent_ids: list[int] = []
-        for a, _, eid in entity_words:
-            k = first_token.get(a)
-            if k is not None:  # an entity of only skipped characters has no tokens
-                ent_spans.append(word_spans[k])
-                ent_ids.append(eid)
-        return SegmentedSentence(
-            np.asarray(ids, dtype=np.int32),
-            np.asarray(word_spans, dtype=np.int32).reshape(-1, 2),
-            np.asarray(ent_spans, dtype=np.int32).reshape(-1, 2),
-            np.asarray(ent_ids, dtype=np.int32),
+        base = 0
+        for i, text in enumerate(texts):
+            char_base[i] = base
+            words: list[str] = []
+            starts: list[int] = []
+            pos = base
+            for w in self._jieba.cut(text, HMM=self.hmm):
+                if not w.isspace():  # a skipped character joins the word before it
+                    words.append(w)
+                    starts.append(pos)
+                pos += len(w)
+            if not starts:
+                starts, words = [base], [""]
+            starts[0] = base  # leading skipped characters join the first word
+            followers: set[int] = set()
+            if self._entity_index:
+                for a, b, eid in self._match_entities(words):
+                    followers.update(range(a + 1, b))  # the words after an entity's first merge into it
+                    ent_leaders.append(len(leader_starts) + a - sum(1 for k in followers if k < a))
+                    ent_ids.append(eid)
+            leader_starts.extend(st for k, st in enumerate(starts) if k not in followers)
+            base += len(text) + 1
+
+        token_offsets = np.concatenate([[0], np.cumsum(token_counts)])
+        word_of_token = np.searchsorted(np.asarray(leader_starts, dtype=np.int64),
+                                        token_chars + np.repeat(char_base, token_counts), side="right") - 1
+        is_start = np.ones(total, dtype=bool)
+        is_start[1:] = word_of_token[1:] != word_of_token[:-1]
+        span_starts = np.flatnonzero(is_start)
+        span_ends = np.append(span_starts[1:], total)
+        span_sentence = np.searchsorted(token_offsets, span_starts, side="right") - 1
+        local = token_offsets[span_sentence]
+        word_spans = np.stack([span_starts - local, span_ends - local], axis=1).astype(np.int32)
+        word_counts = np.bincount(span_sentence, minlength=len(texts)).astype(np.int64)
+
+        span_leader = word_of_token[span_starts]
+        leaders = np.asarray(ent_leaders, dtype=np.int64)
+        where = np.minimum(np.searchsorted(span_leader, leaders), max(len(span_leader) - 1, 0))
+        found = span_leader[where] == leaders if len(span_leader) else np.zeros(len(leaders), dtype=bool)
+        where = where[found]  # an entity of only skipped characters has no tokens
+        entity_counts = np.bincount(span_sentence[where], minlength=len(texts)).astype(np.int64)
+        return SegmentedChunk(
+            tokens=tokens, token_counts=token_counts,
+            word_spans=word_spans, word_counts=word_counts,
+            entity_spans=word_spans[where].reshape(-1, 2), entity_ids=np.asarray(ent_ids, dtype=np.int32)[found],
+            entity_counts=entity_counts,
         )
 
     def _match_entities(self, words: list[str]) -> list[tuple[int, int, int]]:

@@ -106,6 +106,11 @@ class NoOptions:
 
 def build_options(options_class: type, owner: str, values: dict[str, Any]) -> Any:
     """Build an options dataclass from user values, turning mistakes into :class:`MaskingConfigError`."""
+    if not dataclasses.is_dataclass(options_class):
+        raise MaskingConfigError(
+            f"masking strategy {owner!r}: its Options must be a dataclass (got {options_class!r}); "
+            "declare it with @dataclass(frozen=True)"
+        )
     fields = {f.name: f for f in dataclasses.fields(options_class)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

@@ -19,7 +19,7 @@ def choose_words(word_spans: np.ndarray, budget: int, rng: np.random.Generator) 
         return np.zeros((0, 2), dtype=np.int64)
     order = rng.permutation(len(word_spans))
     taken = take_within_budget(span_lengths(word_spans)[order], budget, rng)
-    return word_spans[np.sort(order[:taken])].astype(np.int64)
+    return word_spans[np.sort(order[taken])].astype(np.int64)
 
 
 class WholeWordMasking(UnitMaskingStrategy):

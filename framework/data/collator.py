@@ -1,0 +1,124 @@
+"""Batching: segmented examples -> masked, padded tensors for the model.
+
+:class:`MaskingCollator` is the ``collate_fn`` of the training ``DataLoader``. For each example it derives the
+random generator from ``(seed, epoch, example.index)`` (:func:`~framework.masking.base.example_rng`), masks
+the batch with the run's strategy, and pads to a multiple of 8 (tensor cores want it; it also bounds the
+number of distinct shapes).
+
+The epoch lives in shared memory, so :meth:`MaskingCollator.set_epoch` reaches data-loader workers too, also
+persistent ones. Call it before iterating each epoch, as with ``DistributedSampler.set_epoch``::
+
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        collator.set_epoch(epoch)
+        for batch in loader:   # workers prefetch only once iteration starts, so they see the new epoch
+            ...
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from framework.data.example import IGNORE_INDEX, MaskedExample, SegmentedExample, VocabInfo
+from framework.masking.base import MaskingStrategy, example_rng
+
+
+class MaskingCollator:
+    """Masks and pads a list of :class:`SegmentedExample` into a batch of tensors.
+
+    Args:
+        strategy: the run's masking strategy.
+        vocab: special ids (padding uses ``pad_token_id``; ``sep_token_id`` separates segments).
+        seed: the run's seed; with the epoch and each example's ``index`` it fixes every mask.
+        pad_to_multiple_of: pad the batch's length up to a multiple of this (1 for no rounding).
+        max_length: if set, pad every batch to exactly this length (static shapes); an example longer than it
+            is an error naming the example, since truncating after masking would drop labels.
+
+    Returns (from ``__call__``): ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` (``int64
+    [B, T]``; ``labels`` is ``-100`` where nothing is predicted and at padding) and ``entity_label_mask``
+    (``bool [B, T]``, True at predicted positions inside an entity).
+    """
+
+    def __init__(
+        self,
+        strategy: MaskingStrategy,
+        vocab: VocabInfo,
+        seed: int,
+        pad_to_multiple_of: int = 8,
+        max_length: int | None = None,
+    ) -> None:
+        if pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of} must be at least 1")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length={max_length} must be a positive length or None")
+        self.strategy = strategy
+        self.vocab = vocab
+        self.seed = int(seed)
+        self.pad_to_multiple_of = int(pad_to_multiple_of)
+        self.max_length = max_length
+        # A shared-memory scalar: DataLoader workers receive a pickled copy of the collator, and a plain int
+        # would freeze at the value it had when the workers started.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batches are masked for."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Mask the following batches for ``epoch`` (call before iterating the epoch's data loader)."""
+        self._epoch.fill_(int(epoch))
+
+    def mask(self, examples: Sequence[SegmentedExample]) -> list[MaskedExample]:
+        """The strategy's masked examples for the current epoch, before padding."""
+        epoch = self.epoch
+        rngs = [example_rng(self.seed, epoch, ex.index) for ex in examples]
+        return self.strategy.mask_batch(examples, rngs)
+
+    def __call__(self, examples: Sequence[SegmentedExample]) -> dict[str, torch.Tensor]:
+        """Mask and pad ``examples`` into a batch dict of tensors."""
+        if not examples:
+            raise ValueError("MaskingCollator got an empty batch")
+        return self.pad(self.mask(examples), [ex.index for ex in examples])
+
+    def pad(self, masked: Sequence[MaskedExample], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Pad masked examples into tensors (``indices`` only name examples in error messages)."""
+        lengths = np.fromiter((len(m) for m in masked), dtype=np.int64, count=len(masked))
+        longest = int(lengths.max())
+        if self.max_length is not None:
+            if longest > self.max_length:
+                bad = int(np.argmax(lengths))
+                which = f"example index {indices[bad]}" if indices is not None else f"batch row {bad}"
+                raise ValueError(
+                    f"{which} has {longest} tokens, more than max_length={self.max_length}; build the dataset "
+                    "with a max_seq_len no larger than the collator's max_length"
+                )
+            width = self.max_length
+        else:
+            multiple = self.pad_to_multiple_of
+            width = -(-longest // multiple) * multiple
+        batch = len(masked)
+        input_ids = np.full((batch, width), self.vocab.pad_token_id, dtype=np.int64)
+        labels = np.full((batch, width), IGNORE_INDEX, dtype=np.int64)
+        entity = np.zeros((batch, width), dtype=bool)
+        for row, m in enumerate(masked):  # one copy per example, not per token
+            n = len(m)
+            input_ids[row, :n] = m.input_ids
+            labels[row, :n] = m.labels
+            if m.entity_label_mask is not None:
+                entity[row, :n] = m.entity_label_mask
+        attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        # Segment B starts after the first [SEP] (sentence pairs); single sentences are all segment A.
+        is_sep = (input_ids == self.vocab.sep_token_id) & (attention_mask == 1)
+        after_first_sep = (np.cumsum(is_sep, axis=1) - is_sep) > 0
+        token_type_ids = (after_first_sep & (attention_mask == 1)).astype(np.int64)
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "token_type_ids": torch.from_numpy(token_type_ids),
+            "labels": torch.from_numpy(labels),
+            "entity_label_mask": torch.from_numpy(entity),
+        }

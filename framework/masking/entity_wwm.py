@@ -158,6 +158,12 @@ class EntityWholeWordMasking(MaskingStrategy):
         """Another lexicon entity with as many tokens as ``original``; random tokens when there is none."""
         table = self.context.entities.candidates(len(original)) if self.context.entities is not None else None
         if table is not None:
+            # A random row is almost never the original on a real lexicon (hundreds of thousands of rows):
+            # try that first instead of scanning the whole table on every replacement.
+            for _ in range(3):
+                row = table[rng.integers(len(table))]
+                if not np.array_equal(row, original):
+                    return row.astype(np.int64)
             others = np.flatnonzero(~np.all(table == original, axis=1))
             if len(others):
                 return table[others[rng.integers(len(others))]].astype(np.int64)

@@ -1,0 +1,567 @@
+"""The pretraining run: from a validated :class:`~framework.config.RunConfig` to checkpoints and an exported model.
+
+:func:`run_pretraining` does, in order (every rank runs it; rank 0 alone prints, logs, exports and plots):
+
+1. start torch.distributed (setting the single-process environment when no launcher did);
+2. preflight: the masking strategy and its options, the DeepSpeed JSON; errors here cost no model or data work;
+3. data: the demo corpus is preprocessed into ``OUTPUT/data`` when no ``--data`` is given, a vocabulary is
+   built for a model from scratch without ``--tokenizer``, and train/valid are segmented (cached);
+4. model, DeepSpeed config (filled and fitted to the hardware), ``deepspeed.initialize``;
+5. resume from a checkpoint when asked, restoring the data position and RNG states last;
+6. the loop: micro-batches through the engine (DeepSpeed accumulates, clips, steps and schedules), a log
+   record every ``log_every`` steps, evaluation every ``eval_every``, a checkpoint every ``save_every``;
+7. the end: final evaluation and checkpoint, export to ``OUTPUT/model``, ``OUTPUT/loss.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from framework.config import ConfigError, RunConfig
+from framework.data.example import IGNORE_INDEX
+from framework.training.checkpoint import CheckpointManager, TrainState
+from framework.training.data import ResumableDistributedSampler, batches_per_epoch, build_loader
+
+logger = logging.getLogger("framework.training")
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced (returned on every rank; paths are meaningful on rank 0).
+
+    Attributes:
+        output_dir: the run's output folder.
+        steps: optimiser steps done.
+        train_losses: ``(step, loss)`` of every training log record of this process's run.
+        valid_metrics: the last evaluation's metrics (empty when there is no validation set).
+        checkpoint: the final checkpoint folder.
+        exported_model: the transformers folder, when exported.
+        loss_plot: ``loss.png``, when written.
+    """
+
+    output_dir: Path
+    steps: int
+    train_losses: list[tuple[int, float]] = field(default_factory=list)
+    valid_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    exported_model: Path | None = None
+    loss_plot: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------- process setup
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed() -> tuple[int, int]:
+    """Start torch.distributed (gloo on CPU, nccl on GPU) and return ``(rank, world_size)``.
+
+    Under ``deepspeed`` or ``torchrun`` the launcher sets the rank variables; a plain ``python`` run becomes a
+    world of one on a free local port.
+    """
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def setup_logging(rank: int) -> None:
+    """Rank 0 logs at INFO; other ranks only warnings, with their rank in front. DeepSpeed's chatter is muted."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+    try:
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+    except ImportError:  # pragma: no cover - deepspeed is a hard dependency
+        pass
+    for noisy in ("jieba", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _on_rank0_first(rank: int, action: Any) -> Any:
+    """Run ``action`` on rank 0, then on the others (which then find its cached result)."""
+    result = action() if rank == 0 else None
+    _barrier()
+    if rank != 0:
+        result = action()
+    return result
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (initialisation of new weights and dropout)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------- preflight & data
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Check what is cheap to check before any heavy work: the masking strategy and its options, the DS JSON."""
+    from framework.data.example import VocabInfo
+    from framework.masking.base import MaskingContext
+    from framework.masking.registry import build_strategy
+    from framework.training.deepspeed_config import load_deepspeed_json
+
+    # A stand-in vocabulary: enough for a strategy to validate its options (the real one comes with the data).
+    stand_in = VocabInfo(vocab_size=128, mask_token_id=4, pad_token_id=0, cls_token_id=2, sep_token_id=3,
+                         special_ids=(0, 1, 2, 3, 4))
+    build_strategy(cfg.masking.name, cfg.masking.args, MaskingContext(stand_in, None))
+    if cfg.training.deepspeed_config is not None:
+        load_deepspeed_json(cfg.training.deepspeed_config)
+
+
+def prepare_corpus(cfg: RunConfig, output_dir: Path) -> Path:
+    """The folder with ``train.txt``/``valid.txt``/``keywords.txt``: ``--data``, or the demo preprocessed once."""
+    if cfg.data.dir is not None:
+        return Path(cfg.data.dir)
+    from framework.data.corpus import PreprocessConfig, demo_corpus_path, preprocess
+
+    folder = output_dir / "data"
+    if (folder / "stats.json").is_file() and (folder / "train.txt").is_file():
+        return folder
+    logger.info("no --data given: preprocessing the embedded demo corpus %s into %s", demo_corpus_path(), folder)
+    preprocess(PreprocessConfig(inputs=(), output=folder, workers=1, valid_fraction=0.05, overwrite=True,
+                                seed=cfg.training.seed, progress=False))
+    return folder
+
+
+def prepare_tokenizer(cfg: RunConfig, data_dir: Path, output_dir: Path) -> str:
+    """The tokenizer path: ``--tokenizer``, the pretrained model's, or a vocabulary built from the corpus."""
+    m = cfg.model
+    if m.tokenizer:
+        return m.tokenizer
+    if m.name_or_path:
+        return m.name_or_path
+    folder = output_dir / "tokenizer"
+    if not (folder / "vocab.txt").is_file():
+        from framework.data.vocab import build_vocab_from_files
+
+        logger.info("model from scratch without --tokenizer: building a %d-token vocabulary from %s into %s",
+                    m.vocab_size, data_dir / cfg.data.train_file, folder)
+        build_vocab_from_files([data_dir / cfg.data.train_file], folder, vocab_size=m.vocab_size)
+    return str(folder)
+
+
+def _lexicons(cfg: RunConfig, data_dir: Path) -> list[Path]:
+    if cfg.data.lexicons is not None:
+        return [Path(p) for p in cfg.data.lexicons]
+    default = data_dir / "keywords.txt"
+    return [default] if default.is_file() else []
+
+
+def _segmented(cfg: RunConfig, corpus: Path, tokenizer_path: str, lexicons: list[Path]):  # noqa: ANN202
+    from framework.data.segmented import build_segmented_dataset
+
+    return build_segmented_dataset(corpus, tokenizer_path, lexicons, cache_dir=cfg.data.cache_dir,
+                                   workers=cfg.data.segment_workers, max_seq_len=cfg.data.seq_len, progress=False)
+
+
+@dataclass
+class PreparedData:
+    """The run's data, ready for masking: tokenizer and segmented train/valid sets (``valid_set`` may be None)."""
+
+    data_dir: Path
+    tokenizer_path: str
+    tokenizer: Any
+    train_set: Any
+    valid_set: Any | None
+
+
+def prepare_data(cfg: RunConfig, rank: int, output_dir: Path) -> PreparedData:
+    """Corpus, tokenizer and segmented datasets; rank 0 builds first, the other ranks then reuse its output.
+
+    Also records the resolved data folder and tokenizer in ``cfg``, so that the saved config reproduces the
+    run (and ``launch/export.py`` finds the tokenizer).
+    """
+    from framework.training.model import load_tokenizer
+
+    data_dir = _on_rank0_first(rank, lambda: prepare_corpus(cfg, output_dir))
+    tokenizer_path = _on_rank0_first(rank, lambda: prepare_tokenizer(cfg, data_dir, output_dir))
+    cfg.data.dir, cfg.model.tokenizer = str(data_dir), str(tokenizer_path)
+    if not cfg.model.name_or_path and not cfg.model.config:
+        cfg.model.config = "tiny"
+    lexicons = _lexicons(cfg, data_dir)
+    train_set = _on_rank0_first(rank, lambda: _segmented(cfg, data_dir / cfg.data.train_file, tokenizer_path, lexicons))
+    valid_path = data_dir / cfg.data.valid_file
+    valid_set = None
+    if valid_path.is_file() and valid_path.stat().st_size > 0:
+        valid_set = _on_rank0_first(rank, lambda: _segmented(cfg, valid_path, tokenizer_path, lexicons))
+    elif rank == 0:
+        logger.warning("no %s: evaluation is skipped", valid_path)
+    return PreparedData(data_dir, tokenizer_path, load_tokenizer(tokenizer_path), train_set, valid_set)
+
+
+class _Subset:
+    """The first ``n`` examples of a dataset (validation is capped to keep evaluation cheap)."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
+
+# --------------------------------------------------------------------------------------------- measurements
+
+
+def _memory_gb(device: torch.device) -> float:
+    """Peak memory of this rank: CUDA allocator peak on a GPU, the process's peak RSS on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _loss_scale(engine: Any) -> float:
+    """The fp16 dynamic loss scale; 1.0 when no scaling is in use (bf16, fp32)."""
+    optimizer = getattr(engine, "optimizer", None)
+    for attr in ("cur_scale", "loss_scale"):
+        value = getattr(optimizer, attr, None)
+        if isinstance(value, (int, float, torch.Tensor)):
+            return float(value)
+    return 1.0
+
+
+def _grad_norm(engine: Any) -> float:
+    value = engine.get_global_grad_norm()
+    if value is None:
+        return math.nan
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def masked_example_rows(dataset: Any, collator: Any, tokenizer: Any, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` training sentences as masked for epoch 0, readable (for the dashboard's table)."""
+    count = min(count, len(dataset))
+    if count == 0:
+        return []
+    examples = [dataset[i] for i in range(count)]
+    rows = []
+    for ex, masked in zip(examples, collator.mask(examples)):
+        original = tokenizer.convert_ids_to_tokens([int(t) for t in ex.input_ids])
+        shown = tokenizer.convert_ids_to_tokens([int(t) for t in masked.input_ids])
+        targets = [tokenizer.convert_ids_to_tokens(int(lab)) if lab != IGNORE_INDEX else "" for lab in masked.labels]
+        entities = ["".join(original[s:e]) for s, e in ex.entity_spans]
+        rows.append({
+            "index": int(ex.index),
+            "original": " ".join(original[1:-1]),
+            "masked": " ".join(shown[1:-1]),
+            "targets": " ".join(t for t in targets if t),
+            "entities": ", ".join(entities),
+        })
+    return rows
+
+
+def _wandb_run_id(output_dir: Path, resumed: bool) -> str:
+    """The W&B run id of this output folder: kept in ``OUTPUT/wandb_run_id`` so a resumed run continues it."""
+    import uuid
+
+    path = output_dir / "wandb_run_id"
+    if resumed and path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    run_id = uuid.uuid4().hex[:12]
+    path.write_text(run_id + "\n", encoding="utf-8")
+    return run_id
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def run_pretraining(cfg: RunConfig) -> RunResult:
+    """Run (or resume) pretraining as ``cfg`` describes; see the module docstring for the stages."""
+    preflight(cfg)  # before any distributed, data or DeepSpeed work: a typo fails in a second
+    rank, world_size = init_distributed()
+    setup_logging(rank)
+    output_dir = Path(cfg.checkpoint.output_dir)
+    is_main = rank == 0
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        print("run configuration:\n" + cfg.to_yaml(), flush=True)
+
+    data = prepare_data(cfg, rank, output_dir)
+    tokenizer, train_set, valid_set = data.tokenizer, data.train_set, data.valid_set
+
+    from framework.data.collator import MaskingCollator
+    from framework.masking.base import MaskingContext
+    from framework.masking.registry import build_strategy
+
+    strategy = build_strategy(cfg.masking.name, cfg.masking.args,
+                              MaskingContext(train_set.vocab_info, train_set.entity_table()))
+    collator = MaskingCollator(strategy, train_set.vocab_info, seed=cfg.training.seed)
+
+    # Model and engine.
+    from framework.training.model import build_model
+
+    seed_everything(cfg.training.seed)
+    model = build_model(cfg.model, tokenizer, cfg.training.seed)
+    if model.config.max_position_embeddings < cfg.data.seq_len:
+        raise ConfigError(f"--seq-len {cfg.data.seq_len} exceeds the model's {model.config.max_position_embeddings} "
+                          f"position embeddings; lower --seq-len")
+    if model.get_input_embeddings().num_embeddings < train_set.vocab_info.vocab_size:
+        raise ValueError(f"the model has {model.get_input_embeddings().num_embeddings} embeddings but the data uses "
+                         f"{train_set.vocab_info.vocab_size} token ids; give --tokenizer the model's own tokenizer")
+    from framework.training.deepspeed_config import optimizer_param_groups, resolve_deepspeed_config
+
+    ds = resolve_deepspeed_config(cfg.training.deepspeed_config, cfg.training, world_size, len(train_set))
+    groups = optimizer_param_groups(model)
+    client_optimizer = ds.build_client_optimizer(groups)
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups if client_optimizer is None else None,
+                                           optimizer=client_optimizer, config=ds.config)
+    micro = ds.micro_batch_size
+    if is_main:
+        ds.log_changes()
+        logger.info("DeepSpeed %s: %s from %s, ZeRO-%d, %d rank(s) x micro-batch %d x accumulation %d = %d "
+                    "examples per step, %d steps", deepspeed.__version__, ds.precision, ds.source, ds.zero_stage,
+                    world_size, micro, ds.gradient_accumulation_steps, ds.config["train_batch_size"], ds.total_steps)
+
+    # Resume.
+    checkpoints = CheckpointManager(output_dir / "checkpoints", cfg.checkpoint.keep_last, rank, tokenizer)
+    resume_from = checkpoints.resolve_resume(cfg.checkpoint.resume)
+    state = checkpoints.load(engine, resume_from) if resume_from is not None else TrainState()
+
+    from framework.training.reporting import MetricsReporter
+
+    if is_main:
+        cfg.save(output_dir)
+    run_id = None
+    if is_main and cfg.report.report_to == "wandb":
+        run_id = _wandb_run_id(output_dir, resumed=resume_from is not None)
+    reporter = MetricsReporter(output_dir, cfg.report.report_to, cfg.report.project, cfg.report.run_name,
+                               cfg.report.tags, {"run": cfg.to_dict(), "deepspeed": ds.config}, is_main,
+                               wandb_entity=cfg.report.wandb_entity, run_id=run_id)
+    if is_main and resume_from is None and cfg.report.masked_examples:
+        reporter.log_masked_examples(masked_example_rows(train_set, collator, tokenizer, cfg.report.masked_examples),
+                                     step=0)
+
+    sampler = ResumableDistributedSampler(len(train_set), world_size, rank, seed=cfg.training.seed)
+    if batches_per_epoch(sampler, micro) == 0:
+        raise ValueError(f"{len(train_set)} training examples give rank {rank} no full micro-batch of {micro}; "
+                         f"lower --micro-batch-size or use more data")
+    loader = build_loader(train_set, sampler, collator, micro, cfg.data.loader_workers, cfg.training.seed)
+    evaluator = None
+    if valid_set is not None:
+        evaluator = _Evaluator(engine, strategy, valid_set, cfg, world_size, rank, micro)
+
+    # RNG states last: everything above may draw random numbers, the resumed steps must not notice.
+    if resume_from is not None:
+        checkpoints.restore_rng(resume_from)
+
+    loop = _Loop(cfg, engine, ds.total_steps, state, sampler, collator, loader, evaluator, checkpoints, reporter,
+                 is_main)
+    try:
+        result = loop.run()
+    finally:
+        reporter.close()
+    result.output_dir = output_dir
+    if cfg.checkpoint.export:
+        from framework.training.export import export_from_engine
+
+        # Every rank calls it: under ZeRO-3 gathering the weights is a collective; rank 0 alone writes.
+        result.exported_model = export_from_engine(engine, tokenizer, output_dir / "model")
+        if is_main:
+            logger.info("exported a transformers model to %s (BertForMaskedLM/BertTokenizer.from_pretrained "
+                        "and pipeline('fill-mask') load it)", result.exported_model)
+    if is_main:
+        result.loss_plot = _plot(output_dir)
+    _barrier()
+    return result
+
+
+class _Evaluator:
+    """Masked-LM metrics on (the first ``max_eval_examples`` of) the validation set, sharded across ranks.
+
+    Validation masks are drawn for a fixed epoch with a seed of their own, so every evaluation of a run
+    (and of a resumed run) sees the same masked inputs and the numbers are comparable.
+    """
+
+    def __init__(self, engine: Any, strategy: Any, dataset: Any, cfg: RunConfig, world_size: int, rank: int,
+                 micro: int) -> None:
+        from framework.data.collator import MaskingCollator
+        from framework.training.metrics import MLMMetrics
+
+        subset = _Subset(dataset, cfg.data.max_eval_examples)
+        self.engine = engine
+        self.collator = MaskingCollator(strategy, dataset.vocab_info, seed=cfg.training.seed + 1)
+        sampler = ResumableDistributedSampler(len(subset), world_size, rank, shuffle=False,
+                                              drop_last=len(subset) >= world_size)
+        self.loader = build_loader(subset, sampler, self.collator, micro, 0, cfg.training.seed, drop_last=False)
+        self.metrics = MLMMetrics()
+
+    @torch.no_grad()
+    def __call__(self) -> dict[str, float]:
+        """One pass over the validation subset; returns loss, perplexity, masked and entity accuracy."""
+        self.metrics.reset()
+        self.engine.eval()
+        try:
+            for batch in self.loader:
+                inputs = {k: batch[k].to(self.engine.device) for k in MODEL_INPUTS if k != "labels"}
+                logits = self.engine(**inputs).logits
+                self.metrics.update(logits, batch["labels"].to(logits.device),
+                                    batch["entity_label_mask"].to(logits.device))
+        finally:
+            self.engine.train()
+        self.metrics.reduce_across_ranks()
+        return self.metrics.compute()
+
+
+class _Loop:
+    """The optimisation loop over epochs and micro-batches, with logging, evaluation and checkpoints."""
+
+    def __init__(self, cfg: RunConfig, engine: Any, total_steps: int, state: TrainState,
+                 sampler: ResumableDistributedSampler, collator: Any, loader: Any, evaluator: _Evaluator | None,
+                 checkpoints: CheckpointManager, reporter: Any, is_main: bool) -> None:
+        self.cfg, self.engine, self.total_steps, self.state = cfg, engine, total_steps, state
+        self.sampler, self.collator, self.loader, self.evaluator = sampler, collator, loader, evaluator
+        self.checkpoints, self.reporter, self.is_main = checkpoints, reporter, is_main
+        self.result = RunResult(output_dir=Path(cfg.checkpoint.output_dir), steps=state.step)
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.window = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0, "steps": 0}
+        self.window_start = time.perf_counter()
+
+    def run(self) -> RunResult:
+        """Train until ``total_steps``; returns what happened."""
+        from tqdm import tqdm
+
+        t = self.cfg.training
+        engine, state = self.engine, self.state
+        bar = tqdm(total=self.total_steps, initial=state.step, desc="pretraining", unit="step",
+                   disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+        last_eval = last_save = -1
+        if state.step == 0 and t.eval_every and self.evaluator is not None:
+            self._evaluate()  # the starting point of the validation curve
+        while state.step < self.total_steps:
+            self.sampler.set_epoch(state.epoch, start=state.epoch_position)
+            self.collator.set_epoch(state.epoch)
+            for batch in self.loader:
+                inputs = {k: batch[k].to(engine.device) for k in MODEL_INPUTS}
+                loss = engine(**inputs).loss
+                engine.backward(loss)
+                engine.step()
+                state.epoch_position += int(batch["input_ids"].shape[0])
+                self.window["loss"] += float(loss.detach().float().item())
+                self.window["micro"] += 1
+                self.window["tokens"] += int(batch["attention_mask"].sum())
+                self.window["samples"] += int(batch["input_ids"].shape[0])
+                if engine.global_steps == state.step:
+                    continue  # still accumulating
+                state.step = int(engine.global_steps)
+                self.window["steps"] += 1
+                bar.update(1)
+                if state.step % t.log_every == 0 or state.step == self.total_steps:
+                    self._log_train(bar)
+                if t.eval_every and state.step % t.eval_every == 0 and self.evaluator is not None:
+                    self._evaluate()
+                    last_eval = state.step
+                if self.cfg.checkpoint.save_every and state.step % self.cfg.checkpoint.save_every == 0:
+                    self._save()
+                    last_save = state.step
+                if state.step >= self.total_steps:
+                    break
+            else:
+                state.epoch += 1
+                state.epoch_position = 0
+        bar.close()
+        if self.evaluator is not None and last_eval != state.step:
+            self._evaluate()
+        if last_save != state.step:
+            self._save()
+        self.result.steps = state.step
+        return self.result
+
+    def _log_train(self, bar: Any) -> None:
+        engine, w = self.engine, self.window
+        loss_sum, micro, tokens, samples = _all_reduce_sum([w["loss"], w["micro"], w["tokens"], w["samples"]],
+                                                           engine.device)
+        seconds = max(time.perf_counter() - self.window_start, 1e-9)
+        record = {
+            "loss": loss_sum / max(micro, 1),
+            "lr": float(engine.get_lr()[0]),
+            "grad_norm": _grad_norm(engine),
+            "loss_scale": _loss_scale(engine),
+            "tokens_per_s": tokens / seconds,
+            "samples_per_s": samples / seconds,
+            "step_time_s": seconds / max(w["steps"], 1),
+            "memory_gb": _memory_gb(engine.device),
+            "epoch": self.state.epoch,
+        }
+        self.reporter.log(self.state.step, "train", record)
+        self.result.train_losses.append((self.state.step, record["loss"]))
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+        self._reset_window()
+
+    def _evaluate(self) -> None:
+        started = time.perf_counter()
+        metrics = self.evaluator()
+        metrics["eval_time_s"] = time.perf_counter() - started
+        self.reporter.log(self.state.step, "valid", metrics)
+        self.result.valid_metrics = metrics
+        if self.is_main:
+            logger.info("step %d valid: loss %.4f, perplexity %.2f, masked accuracy %.3f, entity accuracy %.3f",
+                        self.state.step, metrics["loss"], metrics["perplexity"], metrics["masked_accuracy"],
+                        metrics["entity_accuracy"])
+        self.window_start += metrics["eval_time_s"]  # evaluation time is not training throughput
+
+    def _save(self) -> None:
+        started = time.perf_counter()
+        self.result.checkpoint = self.checkpoints.save(self.engine, self.state, self.cfg)
+        self.window_start += time.perf_counter() - started
+
+
+def _plot(output_dir: Path) -> Path | None:
+    """Rank 0's ``loss.png`` from ``metrics.jsonl`` (a failure is logged, never raised: the run is done)."""
+    from framework.training.plot import plot_losses
+
+    try:
+        plot = plot_losses(output_dir / "metrics.jsonl", output_dir / "loss.png")
+    except Exception as exc:  # noqa: BLE001 - a plot must not fail a finished run
+        logger.warning("could not plot the losses (%s: %s)", type(exc).__name__, exc)
+        return None
+    logger.info("loss plot: %s", plot)
+    return plot

@@ -1,0 +1,53 @@
+"""Continued pretraining of a Chinese BERT with DeepSpeed.
+
+    deepspeed launch/pretrain.py [--config run.yaml] [--deepspeed_config ds_configs/X.json] [overrides]
+    python launch/pretrain.py [...]          # one process, no launcher needed
+    python launch/pretrain.py                # the demo: embedded corpus, tiny model, entity_wwm, ~2 minutes
+
+Examples::
+
+    # one RTX 2080 Ti, continuing chinese-roberta-wwm-ext (fp16, LAMB)
+    deepspeed --num_gpus 1 launch/pretrain.py --data data/csl --model hfl/chinese-roberta-wwm-ext \\
+        --deepspeed_config ds_configs/2080ti.json --output-dir runs/csl-2080ti
+    # resume the latest complete checkpoint
+    deepspeed --num_gpus 1 launch/pretrain.py ... --resume auto
+
+Run ``python launch/pretrain.py --help`` for every flag; ``docs/configs.md`` explains the DeepSpeed configs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from framework.config import ConfigError, load_run_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate the configuration, then train; a configuration error exits with status 2 and one message."""
+    try:
+        cfg = load_run_config(argv)
+    except ConfigError as exc:
+        print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from framework.masking.base import MaskingConfigError
+    from framework.training.trainer import run_pretraining
+
+    try:
+        result = run_pretraining(cfg)
+    except (ConfigError, MaskingConfigError) as exc:
+        print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:  # a model, tokenizer or corpus named in the config is missing or unreadable
+        print(f"launch/pretrain.py: {exc}", file=sys.stderr)
+        return 2
+    if result.exported_model is not None or result.loss_plot is not None:
+        print(f"done: {result.steps} steps; checkpoint {result.checkpoint}; model {result.exported_model}; "
+              f"metrics {result.output_dir / 'metrics.jsonl'}; plot {result.loss_plot}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

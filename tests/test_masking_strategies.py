@@ -251,6 +251,23 @@ def test_default_deletion_rate(context: MaskingContext, examples: list[Segmented
     assert abs(deleted / entity_chosen - 0.05) <= 0.015
 
 
+def test_evaluation_masking_deletes_nothing_and_is_otherwise_the_same(
+    context: MaskingContext, examples: list[SegmentedExample]
+) -> None:
+    train = build_strategy("entity_wwm", {"entity_delete_prob": 0.5, "entity_prob": 0.6}, context)
+    evaluation = train.for_evaluation()
+    assert evaluation.options.entity_delete_prob == 0.0
+    assert evaluation.options.entity_prob == 0.6 and train.options.entity_delete_prob == 0.5
+    reference = build_strategy("entity_wwm", {"entity_delete_prob": 0.0, "entity_prob": 0.6}, context)
+    for ex in examples[:300]:
+        m = evaluation.mask(ex, example_rng(SEED, 0, ex.index))
+        assert len(m) == len(ex)
+        r = reference.mask(ex, example_rng(SEED, 0, ex.index))
+        assert (m.input_ids == r.input_ids).all() and (m.labels == r.labels).all()
+    plain = build_strategy("wwm", None, context)
+    assert plain.for_evaluation() is plain
+
+
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_same_seed_same_masks_other_epoch_different(
     name: str, context: MaskingContext, examples: list[SegmentedExample]

@@ -167,6 +167,15 @@ class MaskingStrategy(ABC):
         """Mask a batch; ``rngs[i]`` belongs to ``examples[i]``. Override to vectorise."""
         return [self.mask(ex, rng) for ex, rng in zip(examples, rngs)]
 
+    def for_evaluation(self) -> "MaskingStrategy":
+        """The strategy that validation metrics use: this one without input augmentation.
+
+        Augmentations that change the input beyond masking (``entity_wwm``'s deletion) make validation
+        loss depend on how much was removed rather than on how well the model predicts; strategies with
+        such options override this to switch them off. The default is the strategy itself.
+        """
+        return self
+
     def describe(self) -> dict[str, Any]:
         """The strategy's name and resolved options, for logs and saved configs."""
         return {"name": self.name, "args": dataclasses.asdict(self.options)}

@@ -25,6 +25,7 @@ of their share.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +154,13 @@ class EntityWholeWordMasking(MaskingStrategy):
             keep = np.ones(length, dtype=bool)
             keep[span_positions(chosen_entities[deleted])] = False
         return finish(example, input_ids, labels, keep)
+
+    def for_evaluation(self) -> "EntityWholeWordMasking":
+        """The same masking without deletion, so validation scores prediction only."""
+        if self.options.entity_delete_prob == 0:
+            return self
+        options = {**dataclasses.asdict(self.options), "entity_delete_prob": 0.0}
+        return type(self)(self.context, **options)
 
     def replacement(self, original: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Another lexicon entity with as many tokens as ``original``; random tokens when there is none."""

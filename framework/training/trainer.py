@@ -385,7 +385,7 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     loader = build_loader(train_set, sampler, collator, micro, cfg.data.loader_workers, cfg.training.seed)
     evaluator = None
     if valid_set is not None:
-        evaluator = _Evaluator(engine, strategy, valid_set, cfg, world_size, rank, micro)
+        evaluator = _Evaluator(engine, strategy.for_evaluation(), valid_set, cfg, world_size, rank, micro)
 
     # RNG states last: everything above may draw random numbers, the resumed steps must not notice.
     if resume_from is not None:
@@ -416,7 +416,8 @@ class _Evaluator:
     """Masked-LM metrics on (the first ``max_eval_examples`` of) the validation set, sharded across ranks.
 
     Validation masks are drawn for a fixed epoch with a seed of their own, so every evaluation of a run
-    (and of a resumed run) sees the same masked inputs and the numbers are comparable.
+    (and of a resumed run) sees the same masked inputs and the numbers are comparable. The strategy is
+    the training one without input augmentation (:meth:`MaskingStrategy.for_evaluation`).
     """
 
     def __init__(self, engine: Any, strategy: Any, dataset: Any, cfg: RunConfig, world_size: int, rank: int,

@@ -21,7 +21,8 @@ from framework.data.vocab import build_vocab_from_files  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and build the vocabulary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, help="one-sentence-a-line UTF-8 files")
+    parser.add_argument("--input", nargs="+", action="extend", required=True,
+                        help="one-sentence-a-line UTF-8 files (repeatable)")
     parser.add_argument("--output", required=True, help="tokenizer folder to write")
     parser.add_argument("--vocab-size", type=int, default=21128, help="upper bound on the vocabulary (default 21128)")
     parser.add_argument("--min-frequency", type=int, default=1, help="minimum count of a character or piece")

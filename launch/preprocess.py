@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (every option maps to a :class:`PreprocessConfig` field)."""
     defaults = PreprocessConfig(output=".")  # only read for the option defaults
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", default=[], metavar="PATH",
+    p.add_argument("--input", nargs="+", action="extend", default=[], metavar="PATH",
                    help="input files (.gz allowed); default: the embedded demo corpus")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
     p.add_argument("--format", choices=FORMATS, default=None, help="input format (default: detected per file)")

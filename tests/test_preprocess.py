@@ -200,6 +200,13 @@ def test_cli(tmp_path: Path, csl_jsonl: Path) -> None:
     assert stats["config"]["workers"] == 2 and stats["config"]["valid_fraction"] == 0.05
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    # --input repeated adds files (it does not replace the earlier ones).
+    titles = csl_jsonl.parent / "csl-benchmark" / "cls_ctg" / "dev.tsv"
+    both = subprocess.run(cmd[:-1] + ["--overwrite", "--input", str(titles), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert both.returncode == 0, both.stderr
+    stats_both = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert stats_both["papers_read"] == stats["papers_read"] + 1000
 
 
 @pytest.mark.slow

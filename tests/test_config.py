@@ -129,7 +129,7 @@ def test_shipped_configs_resolve_without_auto_left() -> None:
     training.max_steps = 1000
     for name in ("2080ti.json", "multi-gpu.json", "cpu.json"):
         resolved = resolve_deepspeed_config(DS_CONFIG_DIR / name, training, world_size=1, num_train_examples=10_000,
-                                            cuda=True)
+                                            cuda=True, fused_lamb=True)
         assert "auto" not in json.dumps(resolved.config), name
         assert resolved.total_steps == 1000
         sched = resolved.config["scheduler"]["params"]
@@ -140,11 +140,25 @@ def test_shipped_configs_resolve_without_auto_left() -> None:
 def test_2080ti_recipe_on_gpu_keeps_fp16_and_fused_lamb() -> None:
     training = RunConfig().training
     training.max_steps = 100
-    resolved = resolve_deepspeed_config(DS_CONFIG_DIR / "2080ti.json", training, 1, 10_000, cuda=True)
+    resolved = resolve_deepspeed_config(DS_CONFIG_DIR / "2080ti.json", training, 1, 10_000, cuda=True,
+                                        fused_lamb=True)
     assert resolved.precision == "fp16" and resolved.config["fp16"]["loss_scale"] == 0  # dynamic loss scaling
     assert resolved.config["optimizer"]["type"] == "Lamb" and resolved.client_optimizer is None
     assert resolved.switches == []
     assert resolved.config["train_batch_size"] == 32 * 8
+
+
+def test_gpu_without_a_loadable_fused_lamb_keeps_fp16_and_uses_framework_lamb() -> None:
+    from framework.training.deepspeed_config import fused_lamb_available
+
+    assert fused_lamb_available() is False  # this machine has no CUDA: the probe must say so, not raise
+    training = RunConfig().training
+    training.max_steps = 100
+    resolved = resolve_deepspeed_config(DS_CONFIG_DIR / "2080ti.json", training, 1, 10_000, cuda=True,
+                                        fused_lamb=False)
+    assert resolved.precision == "fp16" and "optimizer" not in resolved.config
+    assert resolved.client_optimizer is not None and resolved.client_optimizer["lr"] == 2e-4
+    assert len(resolved.switches) == 1 and "nvcc" in resolved.switches[0]
 
 
 def test_2080ti_recipe_on_cpu_switches_to_bf16_and_framework_lamb(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,9 +5,11 @@ Three jobs, in order:
 1. **Fill ``"auto"``** entries (batch geometry, learning rate, weight decay, schedule length, clipping) from the
    run config, or from the defaults below where the run config leaves them unset. A value given in the run
    config (or on the command line) also overrides an explicit one in the file, and that is logged.
-2. **Fit the hardware**: DeepSpeed refuses fp16 without CUDA and ``FusedLamb`` is a CUDA kernel. On a machine
-   without CUDA, fp16 becomes bf16 and LAMB becomes :class:`framework.training.lamb.Lamb` (the same update rule
-   in plain PyTorch), handed to DeepSpeed as a client optimizer. Each switch is said in one log line.
+2. **Fit the hardware**: DeepSpeed refuses fp16 without CUDA and ``FusedLamb`` is a CUDA kernel that must be
+   prebuilt or compiled with ``nvcc``. On a machine without CUDA, fp16 becomes bf16; wherever FusedLamb cannot
+   load (no CUDA, or CUDA without a prebuilt op or a compiler), LAMB becomes :class:`framework.training.lamb.Lamb`
+   (the same update rule in plain PyTorch), handed to DeepSpeed as a client optimizer. Each switch is said in
+   one log line.
 3. **Derive** the schedule length from the data: with ``--epochs``, the number of optimiser steps follows from
    the corpus size, the world size and the batch geometry.
 
@@ -56,6 +58,27 @@ def accelerator_is_cuda() -> bool:
     except ImportError:  # pragma: no cover - deepspeed is a hard dependency
         return torch.cuda.is_available()
     return get_accelerator().device_name() == "cuda"
+
+
+def fused_lamb_available() -> bool:
+    """Whether DeepSpeed's FusedLamb can run here: CUDA, and the op prebuilt or compilable just in time.
+
+    DeepSpeed builds FusedLamb on first use with ``nvcc``; a pip-installed torch on a workstation often has no
+    CUDA toolkit beside it, and ``deepspeed.initialize`` would then fail after the model is already loaded.
+    """
+    try:
+        from deepspeed.accelerator import get_accelerator
+        from deepspeed.git_version_info import installed_ops
+
+        builder = get_accelerator().create_op_builder("FusedLambBuilder")
+        if builder is None or not builder.is_compatible(verbose=False):
+            return False
+        if installed_ops.get(builder.NAME):
+            return True
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception:  # noqa: BLE001 - any failure to probe means "cannot count on it"
+        return False
+    return CUDA_HOME is not None
 
 
 def default_deepspeed_config_path(cuda: bool) -> Path:
@@ -155,6 +178,7 @@ def resolve_deepspeed_config(
     world_size: int,
     num_train_examples: int,
     cuda: bool | None = None,
+    fused_lamb: bool | None = None,
 ) -> ResolvedDeepSpeedConfig:
     """Load, fill and fit a DeepSpeed config (see the module docstring).
 
@@ -164,8 +188,11 @@ def resolve_deepspeed_config(
         world_size: data-parallel ranks.
         num_train_examples: training examples, to turn ``--epochs`` into optimiser steps.
         cuda: whether DeepSpeed runs on CUDA (default: :func:`accelerator_is_cuda`).
+        fused_lamb: whether FusedLamb can run (default: :func:`fused_lamb_available` on CUDA, False otherwise).
     """
     cuda = accelerator_is_cuda() if cuda is None else cuda
+    if fused_lamb is None:
+        fused_lamb = cuda and fused_lamb_available()
     source = Path(path) if path is not None else default_deepspeed_config_path(cuda)
     cfg = copy.deepcopy(load_deepspeed_json(source))
     overrides: list[str] = []
@@ -248,20 +275,19 @@ def resolve_deepspeed_config(
     _reject_leftover_auto(cfg, source)
 
     resolved = ResolvedDeepSpeedConfig(source=source, config=cfg, total_steps=int(total_steps), overrides=overrides)
-    if not cuda:
-        _fit_cpu(resolved)
+    _fit_hardware(resolved, cuda, fused_lamb)
     return resolved
 
 
-def _fit_cpu(resolved: ResolvedDeepSpeedConfig) -> None:
-    """Replace what DeepSpeed cannot run without CUDA, one log line per change."""
+def _fit_hardware(resolved: ResolvedDeepSpeedConfig, cuda: bool, fused_lamb: bool) -> None:
+    """Replace what DeepSpeed cannot run here (fp16 without CUDA, FusedLamb that cannot load), a log line each."""
     cfg = resolved.config
-    if cfg.get("fp16", {}).get("enabled"):
+    if not cuda and cfg.get("fp16", {}).get("enabled"):
         cfg["fp16"] = {"enabled": False}
         cfg["bf16"] = {"enabled": True}
         resolved.switches.append("fp16 needs CUDA; training in bf16 instead (same memory, no loss scaling needed)")
     optimizer = cfg.get("optimizer")
-    if optimizer is not None and str(optimizer.get("type", "")).lower() in LAMB_TYPES:
+    if optimizer is not None and str(optimizer.get("type", "")).lower() in LAMB_TYPES and not fused_lamb:
         params = optimizer.get("params", {})
         unknown = sorted(set(params) - set(_LAMB_OPTION_NAMES) - {"max_grad_norm"})
         if unknown:
@@ -272,7 +298,8 @@ def _fit_cpu(resolved: ResolvedDeepSpeedConfig) -> None:
         if "betas" in resolved.client_optimizer:
             resolved.client_optimizer["betas"] = tuple(resolved.client_optimizer["betas"])
         del cfg["optimizer"]
-        note = "FusedLamb needs CUDA; using framework.training.lamb.Lamb (same update rule) as a client optimizer"
+        why = "FusedLamb needs CUDA" if not cuda else "FusedLamb is not prebuilt and no CUDA compiler (nvcc) was found"
+        note = f"{why}; using framework.training.lamb.Lamb (same update rule) as a client optimizer"
         if resolved.zero_stage > 0:
             # DeepSpeed only whitelists its own optimizers under ZeRO; ours is a plain torch.optim.Optimizer.
             cfg["zero_allow_untested_optimizer"] = True

@@ -1,8 +1,8 @@
 """Batching: segmented examples -> masked, padded tensors for the model.
 
-:class:`MaskingCollator` is the ``collate_fn`` of the training ``DataLoader``. For each example it derives the
-random generator from ``(seed, epoch, example.index)`` (:func:`~framework.masking.base.example_rng`), masks
-the batch with the run's strategy, and pads to a multiple of 8 (tensor cores want it; it also bounds the
+:class:`MaskingCollator` is the ``collate_fn`` of the training ``DataLoader``. It hands the batch to the run's
+strategy with ``(seed, epoch)`` (every example's masks follow from ``(seed, epoch, example.index)``, see
+:mod:`framework.masking.base`), and pads to a multiple of 8 (tensor cores want it; it also bounds the
 number of distinct shapes).
 
 The epoch lives in shared memory, so :meth:`MaskingCollator.set_epoch` reaches data-loader workers too, also
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from framework.data.example import IGNORE_INDEX, MaskedExample, SegmentedExample, VocabInfo
-from framework.masking.base import MaskingStrategy, example_rng
+from framework.masking.base import MaskingStrategy
 
 
 class MaskingCollator:
@@ -74,9 +74,7 @@ class MaskingCollator:
 
     def mask(self, examples: Sequence[SegmentedExample]) -> list[MaskedExample]:
         """The strategy's masked examples for the current epoch, before padding."""
-        epoch = self.epoch
-        rngs = [example_rng(self.seed, epoch, ex.index) for ex in examples]
-        return self.strategy.mask_batch(examples, rngs)
+        return self.strategy.mask_batch(examples, self.seed, self.epoch)
 
     def __call__(self, examples: Sequence[SegmentedExample]) -> dict[str, torch.Tensor]:
         """Mask and pad ``examples`` into a batch dict of tensors."""

@@ -37,7 +37,8 @@ DEMO_PRESET: dict[str, dict[str, Any]] = {
     # Fills only what the user did not set, and only when no corpus is given (``data.dir`` unset). Sized so a
     # 2-core CPU shows a clearly falling training and validation loss within the 3-minute demo budget.
     "training": {"max_steps": 300, "log_every": 10, "eval_every": 50},
-    "checkpoint": {"save_every": 100},
+    # Running the demo again continues (or, when finished, just re-evaluates and re-exports) the same run.
+    "checkpoint": {"save_every": 100, "resume": "auto"},
 }
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|secret|password|auth[_-]?token|access[_-]?token)", re.IGNORECASE)

@@ -34,6 +34,7 @@ def test_no_arguments_is_the_demo_with_its_preset() -> None:
     assert cfg.masking.name == "entity_wwm"
     assert cfg.training.max_steps == 300 and cfg.training.eval_every == 50 and cfg.checkpoint.save_every == 100
     assert cfg.checkpoint.output_dir == "runs/demo"
+    assert cfg.checkpoint.resume == "auto"  # running the demo twice continues it instead of refusing
 
 
 def test_demo_preset_never_overrides_what_the_user_set() -> None:
@@ -47,6 +48,7 @@ def test_preset_does_not_apply_to_a_real_corpus(data_dir: Path) -> None:
     cfg = load_run_config(["--data", str(data_dir)])
     assert not cfg.is_demo
     assert cfg.training.max_steps is None and cfg.training.eval_every == 200
+    assert cfg.checkpoint.resume is None
 
 
 def test_yaml_then_command_line_precedence(tmp_path: Path, data_dir: Path) -> None:

@@ -123,6 +123,16 @@ def test_exported_model_fills_masks(scratch_run: tuple[Path, subprocess.Complete
     assert len(predictions) == 5 and all("token_str" in p for p in predictions)
 
 
+def test_fresh_run_into_an_earlier_run_is_refused_and_changes_nothing(
+        scratch_run: tuple[Path, subprocess.CompletedProcess], scratch_args) -> None:  # noqa: ANN001
+    out, _ = scratch_run
+    before = {p: p.read_bytes() for p in (out / "metrics.jsonl", out / "checkpoints" / "step-00000060" / "COMPLETE")}
+    proc = run_pretrain(scratch_args(out))
+    assert proc.returncode == 2
+    assert "already holds a run" in proc.stderr and "--resume auto" in proc.stderr
+    assert {p: p.read_bytes() for p in before} == before
+
+
 def test_continue_from_a_local_pretrained_folder_with_wandb_offline(
         scratch_run: tuple[Path, subprocess.CompletedProcess], csl_data: Path, tmp_path: Path) -> None:
     pretrained = scratch_run[0] / "model"

@@ -143,6 +143,14 @@ def preflight(cfg: RunConfig) -> None:
     build_strategy(cfg.masking.name, cfg.masking.args, MaskingContext(stand_in, None))
     if cfg.training.deepspeed_config is not None:
         load_deepspeed_json(cfg.training.deepspeed_config)
+    if cfg.checkpoint.resume is None:
+        # A fresh run into a finished or interrupted one would overwrite its checkpoints and mix its metrics.
+        previous = CheckpointManager(Path(cfg.checkpoint.output_dir) / "checkpoints", 1, 0).latest()
+        if previous is not None:
+            raise ConfigError(
+                f"{cfg.checkpoint.output_dir} already holds a run (latest complete checkpoint {previous.name}); "
+                "continue it with --resume auto, or start afresh with another --output-dir (or delete that folder)"
+            )
 
 
 def prepare_corpus(cfg: RunConfig, output_dir: Path) -> Path:

@@ -64,7 +64,8 @@ def bert_config(spec: str, vocab_size: int, pad_token_id: int):  # noqa: ANN201 
 
 
 def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN201 - tokenizer, BertForMaskedLM
-    """Create the ``BertForMaskedLM`` a run trains.
+    """Create the ``BertForMaskedLM`` a run trains (as :class:`~framework.training.masked_lm.BertForMaskedLMAtLabels`,
+    which runs the MLM head only at labelled positions; same weights, same export).
 
     Args:
         config: the run's model section (``name_or_path`` or ``config``; validated already).
@@ -72,7 +73,8 @@ def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN
         seed: seeds the initialisation of new weights (all of them from scratch; a missing head otherwise).
     """
     import torch
-    from transformers import BertForMaskedLM
+
+    from framework.training.masked_lm import BertForMaskedLMAtLabels as BertForMaskedLM
 
     torch.manual_seed(seed)
     if config.name_or_path:

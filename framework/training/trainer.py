@@ -448,10 +448,12 @@ class _Evaluator:
         self.engine.eval()
         try:
             for batch in self.loader:
-                inputs = {k: batch[k].to(self.engine.device) for k in MODEL_INPUTS if k != "labels"}
+                inputs = {k: batch[k].to(self.engine.device) for k in MODEL_INPUTS}
+                # The model returns logits only at labelled positions ([N, V]); gather the targets to match.
                 logits = self.engine(**inputs).logits
-                self.metrics.update(logits, batch["labels"].to(logits.device),
-                                    batch["entity_label_mask"].to(logits.device))
+                selected = inputs["labels"] != IGNORE_INDEX
+                self.metrics.update(logits, inputs["labels"][selected],
+                                    batch["entity_label_mask"].to(logits.device)[selected])
         finally:
             self.engine.train()
         self.metrics.reduce_across_ranks()

@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+from framework.secrets import is_secret_name, redact_secrets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG_DIR = REPO_ROOT / "ds_configs"
@@ -41,7 +42,6 @@ DEMO_PRESET: dict[str, dict[str, Any]] = {
     "checkpoint": {"save_every": 100, "resume": "auto"},
 }
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|secret|password|auth[_-]?token|access[_-]?token)", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -235,19 +235,6 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Secrets
-
-
-def redact_secrets(value: Any) -> Any:
-    """A copy of ``value`` in which every mapping entry whose key looks like a secret reads ``"<redacted>"``."""
-    if isinstance(value, dict):
-        return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) else redact_secrets(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_secrets(v) for v in value]
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------------
 # YAML
 
 
@@ -300,7 +287,7 @@ def _apply_mapping(cfg: RunConfig, mapping: dict[str, Any], source: str, lines: 
         for key, value in values.items():
             dotted = f"{name}.{key}"
             where = f"{source}:{lines[dotted]}" if dotted in lines else source
-            if _SECRET_KEY.search(str(key)):
+            if is_secret_name(str(key)):
                 raise ConfigError(f"{where}: {dotted} looks like a secret; never put API keys in a run config "
                                   f"(set WANDB_API_KEY in the environment or run `wandb login`)")
             if key not in known:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from framework.config import DS_CONFIG_DIR, ConfigError, RunConfig, load_run_config, read_yaml_config, redact_secrets
+from framework.secrets import REDACTED
 from framework.training.deepspeed_config import optimizer_param_groups, resolve_deepspeed_config
 
 
@@ -93,8 +94,8 @@ def test_api_keys_are_refused_and_redacted(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="never put API keys"):
         read_yaml_config(write_yaml(tmp_path, "report:\n  wandb_api_key: abc123\n"))
     nested = {"report": {"project": "p", "api_key": "abc123"}, "wandb": [{"secret": "s", "n": 1}]}
-    assert redact_secrets(nested) == {"report": {"project": "p", "api_key": "<redacted>"},
-                                      "wandb": [{"secret": "<redacted>", "n": 1}]}
+    assert redact_secrets(nested) == {"report": {"project": "p", "api_key": REDACTED},
+                                      "wandb": [{"secret": REDACTED, "n": 1}]}
 
 
 @pytest.mark.parametrize("argv, fragment", [

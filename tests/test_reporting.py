@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from framework.training import reporting
-from framework.training.reporting import REDACTED, MetricsReporter, redact_secrets
+from framework.secrets import REDACTED
+from framework.training.reporting import MetricsReporter, redact_secrets
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # W&B keys are 40 hex characters
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there, connect fails at once

@@ -25,78 +25,30 @@ import logging
 import math
 import netrc
 import os
-import re
 import socket
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TextIO
+
+from framework.secrets import redact_secrets as _redact_secrets
 
 logger = logging.getLogger(__name__)
 
 REPORT_TO_CHOICES = ("wandb", "tensorboard", "none")
-REDACTED = "***REDACTED***"
 DEFAULT_WANDB_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 2.0
 
-# Key names whose values are secrets wherever the words appear in them ...
-_SECRET_SUBSTRINGS = ("apikey", "api_key", "secret", "password", "passwd", "credential", "private_key")
-# ... and words that mark a secret only as the key's last word: "hf_token", "auth_token" are secrets, while
-# "tokenizer", "mask_token_id" and "max_tokens" are not.
-_SECRET_LAST_WORDS = ("token", "key")
-# Second-to-last words that make "..._key" / "..._token" harmless: sort keys, special tokens of a tokenizer.
-_HARMLESS_QUALIFIERS = {
-    "key": ("sort", "dict", "primary", "group", "cache", "metric", "monitor"),
-    "token": ("mask", "pad", "cls", "sep", "unk", "bos", "eos"),
-}
-
-
 def redact_secrets(config: Any, secret_values: tuple[str, ...] | None = None) -> Any:
-    """A copy of ``config`` (nested dicts/lists) with secret-looking values replaced by ``REDACTED``.
-
-    A value is redacted when its key names a secret (contains ``api_key``, ``secret``, ``password``...; or ends
-    with the word ``token`` or ``key`` as in ``hf_token`` or ``wandb_key``), or when the value is one of
-    ``secret_values`` (by default the W&B API key found in the environment or ``~/.netrc``), wherever it is.
-    Use it for every config that is logged or saved.
-    """
+    """:func:`framework.secrets.redact_secrets`, by default also scrubbing the W&B API key's value (from the
+    environment or ``~/.netrc``) wherever it appears."""
     if secret_values is None:
         key = find_wandb_api_key()
         secret_values = (key,) if key else ()
-    return _redact(config, tuple(v for v in secret_values if v))
-
-
-def _redact(value: Any, secret_values: tuple[str, ...]) -> Any:
-    """Recursive worker of :func:`redact_secrets`."""
-    if isinstance(value, Mapping):
-        return {
-            k: REDACTED if _is_secret_name(str(k)) and not _is_unset(v) else _redact(v, secret_values)
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return type(value)(_redact(v, secret_values) for v in value)
-    if isinstance(value, str) and any(secret in value for secret in secret_values):
-        return REDACTED
-    return value
-
-
-def _is_unset(value: Any) -> bool:
-    """None or an empty string: nothing to hide, and showing it tells the reader the secret was not set."""
-    return value is None or (isinstance(value, str) and value == "")
-
-
-def _is_secret_name(name: str) -> bool:
-    """Whether a config key names a secret (see :func:`redact_secrets` for the rule)."""
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-    words = [w for w in re.split(r"[^a-z0-9]+", snake) if w]
-    joined = "_".join(words)
-    if any(s in joined or s in "".join(words) for s in _SECRET_SUBSTRINGS):
-        return True
-    if words and words[-1] in _SECRET_LAST_WORDS:
-        return not (len(words) > 1 and words[-2] in _HARMLESS_QUALIFIERS[words[-1]])
-    return False
+    return _redact_secrets(config, secret_values)
 
 
 def wandb_base_url() -> str:

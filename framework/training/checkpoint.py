@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from framework.config import RunConfig
+from framework.training.distributed import barrier
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def is_complete(folder: Path) -> bool:
     """True when every rank finished writing ``folder`` (rank 0 wrote the marker)."""
     return (folder / MARKER).is_file()
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 class CheckpointManager:
@@ -140,7 +136,7 @@ class CheckpointManager:
         started = time.perf_counter()
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"train_state": asdict(state)})
         torch.save(capture_rng_state(), folder / f"rng_state_rank{self.rank}.pt")
-        _barrier()  # every rank's shards and RNG file are on disk before the marker says so
+        barrier()  # every rank's shards and RNG file are on disk before the marker says so
         if self.rank == 0:
             config.save(folder)
             if self.tokenizer is not None:
@@ -152,7 +148,7 @@ class CheckpointManager:
             (folder / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
             self._prune()
             logger.info("saved checkpoint %s in %.1f s", folder, time.perf_counter() - started)
-        _barrier()  # nobody races ahead into a prune or a second save
+        barrier()  # nobody races ahead into a prune or a second save
         return folder
 
     def load(self, engine: Any, folder: Path) -> TrainState:

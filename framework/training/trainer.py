@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import resource
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from framework.config import ConfigError, RunConfig
 from framework.data.example import IGNORE_INDEX
 from framework.training.checkpoint import CheckpointManager, TrainState
+from framework.training.distributed import all_reduce_sum, barrier, init_distributed, on_rank0_first
 from framework.training.data import ResumableDistributedSampler, batches_per_epoch, build_loader
 
 logger = logging.getLogger("framework.training")
@@ -66,29 +64,6 @@ class RunResult:
 # --------------------------------------------------------------------------------------------- process setup
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def init_distributed() -> tuple[int, int]:
-    """Start torch.distributed (gloo on CPU, nccl on GPU) and return ``(rank, world_size)``.
-
-    Under ``deepspeed`` or ``torchrun`` the launcher sets the rank variables; a plain ``python`` run becomes a
-    world of one on a free local port.
-    """
-    import deepspeed
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if not dist.is_initialized():
-        deepspeed.init_distributed(verbose=False)
-    return dist.get_rank(), dist.get_world_size()
-
-
 def setup_logging(rank: int) -> None:
     """Rank 0 logs at INFO; other ranks only warnings, with their rank in front. DeepSpeed's chatter is muted."""
     level = logging.INFO if rank == 0 else logging.WARNING
@@ -102,20 +77,6 @@ def setup_logging(rank: int) -> None:
         pass
     for noisy in ("jieba", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _on_rank0_first(rank: int, action: Any) -> Any:
-    """Run ``action`` on rank 0, then on the others (which then find its cached result)."""
-    result = action() if rank == 0 else None
-    _barrier()
-    if rank != 0:
-        result = action()
-    return result
 
 
 def seed_everything(seed: int) -> None:
@@ -218,17 +179,17 @@ def prepare_data(cfg: RunConfig, rank: int, output_dir: Path) -> PreparedData:
     """
     from framework.training.model import load_tokenizer
 
-    data_dir = _on_rank0_first(rank, lambda: prepare_corpus(cfg, output_dir))
-    tokenizer_path = _on_rank0_first(rank, lambda: prepare_tokenizer(cfg, data_dir, output_dir))
+    data_dir = on_rank0_first(rank, lambda: prepare_corpus(cfg, output_dir))
+    tokenizer_path = on_rank0_first(rank, lambda: prepare_tokenizer(cfg, data_dir, output_dir))
     cfg.data.dir, cfg.model.tokenizer = str(data_dir), str(tokenizer_path)
     if not cfg.model.name_or_path and not cfg.model.config:
         cfg.model.config = "tiny"
     lexicons = _lexicons(cfg, data_dir)
-    train_set = _on_rank0_first(rank, lambda: _segmented(cfg, data_dir / cfg.data.train_file, tokenizer_path, lexicons))
+    train_set = on_rank0_first(rank, lambda: _segmented(cfg, data_dir / cfg.data.train_file, tokenizer_path, lexicons))
     valid_path = data_dir / cfg.data.valid_file
     valid_set = None
     if valid_path.is_file() and valid_path.stat().st_size > 0:
-        valid_set = _on_rank0_first(rank, lambda: _segmented(cfg, valid_path, tokenizer_path, lexicons))
+        valid_set = on_rank0_first(rank, lambda: _segmented(cfg, valid_path, tokenizer_path, lexicons))
     elif rank == 0:
         logger.warning("no %s: evaluation is skipped", valid_path)
     return PreparedData(data_dir, tokenizer_path, load_tokenizer(tokenizer_path), train_set, valid_set)
@@ -272,13 +233,6 @@ def _grad_norm(engine: Any) -> float:
     if value is None:
         return math.nan
     return float(value.item() if isinstance(value, torch.Tensor) else value)
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor.tolist()
 
 
 def masked_example_rows(dataset: Any, collator: Any, tokenizer: Any, count: int) -> list[dict[str, Any]]:
@@ -416,7 +370,7 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
                         "and pipeline('fill-mask') load it)", result.exported_model)
     if is_main:
         result.loss_plot = _plot(output_dir)
-    _barrier()
+    barrier()
     return result
 
 
@@ -528,7 +482,7 @@ class _Loop:
 
     def _log_train(self, bar: Any) -> None:
         engine, w = self.engine, self.window
-        loss_sum, micro, tokens, samples = _all_reduce_sum([w["loss"], w["micro"], w["tokens"], w["samples"]],
+        loss_sum, micro, tokens, samples = all_reduce_sum([w["loss"], w["micro"], w["tokens"], w["samples"]],
                                                            engine.device)
         seconds = max(time.perf_counter() - self.window_start, 1e-9)
         record = {

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from framework.data.corpus import PreprocessConfig, preprocess  # noqa: E402
+from framework.data.corpus import PreprocessConfig, available_cores, preprocess  # noqa: E402
 from framework.data.segmented import build_segmented_dataset  # noqa: E402
 from framework.data.vocab import build_vocab_from_files  # noqa: E402
 
@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         sentences = base.count(b"\n") * round(written / len(base))
         tokenizer = build_vocab_from_files([corpus], folder / "tokenizer", vocab_size=21128)
         print(f"corpus: {size_mb:.1f} MB of real CSL sentences ({sentences:,}); sentence text is "
-              f"{ratio:.2f} x the TSV's bytes; cores: {len(os.sched_getaffinity(0))}; load average "
+              f"{ratio:.2f} x the TSV's bytes; cores: {available_cores()}; load average "
               f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{'workers':>7} {'seconds':>8} {'sent/s':>9} {'MB/s':>6} {'full CSL':>9}")
         for workers in args.workers:
-            n = workers or os.cpu_count() or 1
+            n = workers or available_cores()
             shutil.rmtree(folder / "segmented", ignore_errors=True)
             started = time.perf_counter()
             ds = build_segmented_dataset(corpus, tokenizer, [result.keywords], cache_dir=folder / "segmented",

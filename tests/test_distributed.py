@@ -11,23 +11,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from framework.training.distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "launch" / "pretrain.py"
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_two_ranks(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -37,7 +32,7 @@ def run_two_ranks(args: list[str], timeout: int = 300) -> subprocess.CompletedPr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(var, None)
-    proc = subprocess.run([*cmd, "--num_gpus", "2", "--master_port", str(_free_port()), str(PRETRAIN), *args],
+    proc = subprocess.run([*cmd, "--num_gpus", "2", "--master_port", str(free_port()), str(PRETRAIN), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc

@@ -11,12 +11,13 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from framework.training.distributed import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +40,8 @@ def _init_single_process_group() -> None:
 
     if torch.distributed.is_initialized():
         return
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _train_one_step_and_save(tmp: Path, tokenizer_dir: Path, sentences: list[str], stage: int, bf16: bool,
@@ -241,7 +236,7 @@ def test_two_rank_zero2_checkpoint_is_reassembled(tmp_path: Path, tiny_tokenizer
 
     from framework.training.export import export_checkpoint
 
-    mp.spawn(_zero2_rank, args=(_free_port(), str(tmp_path), str(tiny_tokenizer_dir), csl_sentences[:8]), nprocs=2)
+    mp.spawn(_zero2_rank, args=(free_port(), str(tmp_path), str(tiny_tokenizer_dir), csl_sentences[:8]), nprocs=2)
     tag_dir = tmp_path / "output" / "checkpoints" / "step-00000001"
     assert len(list(tag_dir.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"))) == 2  # really partitioned
     out = export_checkpoint(tag_dir, tmp_path / "model")

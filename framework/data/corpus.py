@@ -67,6 +67,14 @@ DROP_REASONS = ("empty", "no_cjk", "too_short", "too_long", "duplicate")
 OUTPUT_FILES = ("train.txt", "valid.txt", "keywords.txt", "stats.json")
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and schedulers narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def demo_corpus_path() -> Path:
     """The embedded demo corpus (``framework/data/demo/papers.jsonl``) that runs without ``--input`` use."""
     return Path(__file__).resolve().parent / "demo" / "papers.jsonl"
@@ -122,12 +130,7 @@ class PreprocessConfig:
 
     def resolved_workers(self) -> int:
         """Worker processes to use: ``workers``, or every core this process may run on."""
-        if self.workers > 0:
-            return self.workers
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
+        return self.workers if self.workers > 0 else available_cores()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option and the fix when the configuration cannot work."""

@@ -36,6 +36,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from framework.data.corpus import available_cores
 from framework.data.example import EntityTable, SegmentedExample, VocabInfo
 from framework.data.segmenter import SegmentedChunk, Segmenter, entity_token_table, iter_chunks
 
@@ -186,7 +187,7 @@ def build_segmented_dataset(
         logger.info("reusing segmented cache %s", folder)
         return SegmentedDataset(folder, max_seq_len=max_seq_len)
 
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or available_cores())
     tmp = root / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -5,7 +5,8 @@
 CHECKPOINT_DIR is a checkpoint tag folder (``OUTPUT/checkpoints/step-00000200``) or the checkpoints folder
 itself (its latest complete checkpoint is exported). ZeRO-partitioned checkpoints are reassembled into fp32
 weights. The result loads with ``BertForMaskedLM.from_pretrained(OUT_DIR)``, ``BertTokenizer.from_pretrained
-(OUT_DIR)`` and ``pipeline("fill-mask", model=OUT_DIR)``.
+(OUT_DIR)`` and ``pipeline("fill-mask", model=OUT_DIR)``. OUT_DIR also gets a model card (README.md) with what
+the checkpoint, its run config, the run's metrics.jsonl and the corpus's stats.json tell.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {args.checkpoint_dir} to {out}")
+    print(f"exported {args.checkpoint_dir} to {out} (model card: {out / 'README.md'})")
     print(f'load it with BertForMaskedLM.from_pretrained("{out}") or pipeline("fill-mask", model="{out}")')
     return 0
 

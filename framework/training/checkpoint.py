@@ -49,11 +49,14 @@ class TrainState:
         step: optimiser steps done.
         epoch: the current epoch.
         epoch_position: examples of this epoch already consumed by each rank (a multiple of the micro-batch).
+        tokens_seen: non-padding tokens this rank has fed to the model (the model card reports it times the world
+            size). Checkpoints written before it was counted load with 0: the count then starts at the resume.
     """
 
     step: int = 0
     epoch: int = 0
     epoch_position: int = 0
+    tokens_seen: int = 0
 
 
 def checkpoint_tag(step: int) -> str:

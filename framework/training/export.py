@@ -2,7 +2,8 @@
 
 The folder holds ``config.json``, ``model.safetensors`` (fp32) and the tokenizer files, so that
 ``BertForMaskedLM.from_pretrained``, ``BertTokenizer.from_pretrained`` and ``pipeline("fill-mask")`` load it
-with no DeepSpeed installed. Two sources:
+with no DeepSpeed installed, plus the model card ``README.md`` (and the ``model_card.json`` it is rendered from,
+:mod:`framework.training.model_card`). Two sources:
 
 * :func:`export_from_engine`: the live engine (or model) at the end of a run.
 * :func:`export_checkpoint`: a DeepSpeed checkpoint folder written by ``engine.save_checkpoint(root, tag)``.
@@ -66,7 +67,8 @@ def write_hf_config(model_or_config: Any, tokenizer: Any, folder: str | Path) ->
     return target
 
 
-def export_from_engine(engine_or_model: Any, tokenizer: Any, out_dir: str | Path) -> Path | None:
+def export_from_engine(engine_or_model: Any, tokenizer: Any, out_dir: str | Path,
+                       card_facts: dict[str, Any] | None = None) -> Path | None:
     """Write the engine's (or a bare model's) weights in fp32 as a transformers folder; returns ``out_dir``.
 
     With ZeRO stages 0-2 every rank holds the whole module, so calling this on rank 0 alone is enough (other
@@ -77,6 +79,8 @@ def export_from_engine(engine_or_model: Any, tokenizer: Any, out_dir: str | Path
         engine_or_model: a DeepSpeed engine (its ``.module`` is exported) or a ``BertForMaskedLM``.
         tokenizer: a transformers tokenizer, or the path of a tokenizer folder.
         out_dir: folder to write (created; existing model files in it are replaced).
+        card_facts: what the run knows for the model card ``README.md`` (see
+            :func:`framework.training.model_card.run_card_facts`); ``None`` writes a card of the folder's own facts.
     """
     module = getattr(engine_or_model, "module", engine_or_model)
     if not hasattr(module, "config") or not hasattr(module, "state_dict"):
@@ -95,7 +99,8 @@ def export_from_engine(engine_or_model: Any, tokenizer: Any, out_dir: str | Path
         state = _fp32_cpu(module.state_dict()) if rank == 0 else None
     if rank != 0:
         return None
-    return _write_transformers_folder(module.config, state, tokenizer, Path(out_dir), source=f"engine (ZeRO-{stage})")
+    return _write_transformers_folder(module.config, state, tokenizer, Path(out_dir), source=f"engine (ZeRO-{stage})",
+                                      card_facts=card_facts)
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
@@ -132,7 +137,10 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tokenizer
 
     config = _model_config(tag_dir, state)
     tokenizer = tokenizer_dir if tokenizer_dir is not None else _tokenizer_source(tag_dir)
-    return _write_transformers_folder(config, state, tokenizer, Path(out_dir), source=source)
+    from framework.training.model_card import checkpoint_card_facts
+
+    return _write_transformers_folder(config, state, tokenizer, Path(out_dir), source=source,
+                                      card_facts=checkpoint_card_facts(tag_dir, model_states))
 
 
 def resolve_tag_folder(path: Path) -> Path:
@@ -288,8 +296,9 @@ def _load_tokenizer(tokenizer: Any):  # noqa: ANN202 - a transformers tokenizer
 
 
 def _write_transformers_folder(config: Any, state: dict[str, torch.Tensor], tokenizer: Any, out_dir: Path,
-                               source: str) -> Path:
-    """Build a fresh fp32 ``BertForMaskedLM`` from ``config``, load ``state`` strictly, save it with the tokenizer."""
+                               source: str, card_facts: dict[str, Any] | None = None) -> Path:
+    """Build a fresh fp32 ``BertForMaskedLM`` from ``config``, load ``state`` strictly, save it with the tokenizer
+    and the model card (``README.md``, :mod:`framework.training.model_card`)."""
     from transformers import BertForMaskedLM
 
     tokenizer = _load_tokenizer(tokenizer)
@@ -316,6 +325,13 @@ def _write_transformers_folder(config: Any, state: dict[str, torch.Tensor], toke
     tokenizer.save_pretrained(str(out_dir))
     if not (out_dir / "model.safetensors").is_file() and not any(out_dir.glob("model-*.safetensors")):
         raise ExportError(f"{out_dir}: save_pretrained wrote no safetensors weights; upgrade transformers (>=4.40)")
+    from framework.training.model_card import write_model_card
+
+    try:
+        write_model_card(out_dir, card_facts)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # the weights are safe; a card must not undo an export
+        logger.warning("%s: the model is exported but its model card (README.md) could not be written (%s: %s)",
+                       out_dir, type(err).__name__, err)
     params = sum(p.numel() for p in model.parameters())
     logger.info("exported %s -> %s (%.1fM parameters, fp32, %d-token tokenizer)", source, out_dir, params / 1e6,
                 len(tokenizer))

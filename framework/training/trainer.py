@@ -363,8 +363,12 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     if cfg.checkpoint.export:
         from framework.training.export import export_from_engine
 
+        from framework.training.model_card import run_card_facts
+
+        card = run_card_facts(cfg, deepspeed=ds, world_size=world_size, device=engine.device, state=loop.state,
+                              valid_metrics=result.valid_metrics, data=data, strategy=strategy) if is_main else None
         # Every rank calls it: under ZeRO-3 gathering the weights is a collective; rank 0 alone writes.
-        result.exported_model = export_from_engine(engine, tokenizer, output_dir / "model")
+        result.exported_model = export_from_engine(engine, tokenizer, output_dir / "model", card_facts=card)
         if is_main:
             logger.info("exported a transformers model to %s (BertForMaskedLM/BertTokenizer.from_pretrained "
                         "and pipeline('fill-mask') load it)", result.exported_model)
@@ -450,6 +454,7 @@ class _Loop:
                 engine.backward(loss)
                 engine.step()
                 state.epoch_position += int(batch["input_ids"].shape[0])
+                state.tokens_seen += int(batch["attention_mask"].sum())  # a CPU tensor: no device sync
                 self.window["loss"] += float(loss.detach().float().item())
                 self.window["micro"] += 1
                 self.window["tokens"] += int(batch["attention_mask"].sum())

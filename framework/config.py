@@ -32,7 +32,7 @@ from framework.secrets import is_secret_name, redact_secrets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG_DIR = REPO_ROOT / "ds_configs"
-MODEL_PRESETS = ("tiny", "base")
+MODEL_PRESETS = ("tiny", "small", "base")
 REPORT_TARGETS = ("wandb", "tensorboard", "none")
 DEMO_PRESET: dict[str, dict[str, Any]] = {
     # Fills only what the user did not set, and only when no corpus is given (``data.dir`` unset). Sized so a
@@ -81,7 +81,7 @@ class ModelConfig:
     """The model to train.
 
     Give either ``name_or_path`` (any BERT checkpoint ``from_pretrained`` loads: a hub name such as
-    ``hfl/chinese-roberta-wwm-ext`` or a local folder) or ``config`` (``tiny``, ``base`` or a BERT
+    ``hfl/chinese-roberta-wwm-ext`` or a local folder) or ``config`` (``tiny``, ``small``, ``base`` or a BERT
     ``config.json``) for a model from scratch, with ``tokenizer``. From scratch without a tokenizer, a
     WordPiece vocabulary of ``vocab_size`` tokens is built from the training corpus into ``OUTPUT/tokenizer``.
 
@@ -343,7 +343,7 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--loader-workers": ("data.loader_workers", int, "data-loader worker processes per rank (default 0)"),
     "--max-eval-examples": ("data.max_eval_examples", int, "validation sentences per evaluation (default 2000)"),
     "--model": ("model.name_or_path", str, "pretrained BERT to continue from: hub name or local folder"),
-    "--model-config": ("model.config", str, "model from scratch: tiny, base or a BERT config.json"),
+    "--model-config": ("model.config", str, "model from scratch: tiny, small, base or a BERT config.json"),
     "--tokenizer": ("model.tokenizer", str, "tokenizer folder or hub name (default: --model, or built from the corpus)"),
     "--vocab-size": ("model.vocab_size", int, "size of a vocabulary built from the corpus (default 8000)"),
     "--masking": ("masking.name", str, "masking strategy name or package.module:Class (default entity_wwm)"),

@@ -76,7 +76,7 @@ def test_gathered_layout_gives_the_same_result() -> None:
     keep = labels != IGNORE_INDEX
     gathered = MLMMetrics()
     gathered.update(logits[keep], labels[keep], entity[keep])
-    assert gathered.compute() == pytest.approx(full.compute())
+    assert gathered.compute() == pytest.approx(full.compute(), nan_ok=True)  # whole-word: nan without word ids
 
 
 def test_known_values_by_hand() -> None:
@@ -156,3 +156,35 @@ def test_reduce_across_two_gloo_ranks_equals_single_process(tmp_path: Path) -> N
     want = direct_metrics([make_batch(seed, 1 + seed, 7) for seed in range(6)])
     for rank in range(2):
         assert_metrics_close(torch.load(tmp_path / f"rank{rank}.pt"), want)
+
+
+def test_top5_and_whole_word_accuracy_on_a_hand_made_batch() -> None:
+    # 4 predicted positions: words {0: positions 0,1}, {1: position 2}; position 3 belongs to no scored word.
+    logits = torch.full((4, 10), -10.0)
+    logits[0, 3] = 5.0  # right (target 3)
+    logits[1, 7] = 5.0  # wrong (target 4), but 4 is the runner-up: inside the top 5
+    logits[1, 4] = 4.0
+    logits[2, 1] = 5.0  # right (target 1)
+    logits[3, 5:10] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])  # wrong (target 2), and 2 is outside its top 5
+    labels = torch.tensor([3, 4, 1, 2])
+    word_ids = torch.tensor([0, 0, 1, -1])
+    metrics = MLMMetrics()
+    metrics.update(logits, labels, word_ids=word_ids)
+    out = metrics.compute()
+    assert out["masked_accuracy"] == pytest.approx(0.5)
+    assert out["num_words"] == 2
+    assert out["whole_word_accuracy"] == pytest.approx(0.5)  # word 0 has a wrong token, word 1 is right
+    assert out["top5_accuracy"] == pytest.approx(0.75)
+    without = MLMMetrics()
+    without.update(logits, labels)
+    assert math.isnan(without.compute()["whole_word_accuracy"])
+
+
+def test_whole_word_accuracy_of_a_perfect_model_is_one() -> None:
+    labels = torch.tensor([[IGNORE_INDEX, 5, 6, 7, IGNORE_INDEX]])
+    logits = torch.nn.functional.one_hot(labels.clamp(min=0), VOCAB).float() * 10
+    word_ids = torch.tensor([[-1, 0, 0, 1, -1]])
+    metrics = MLMMetrics()
+    metrics.update(logits, labels, word_ids=word_ids)
+    out = metrics.compute()
+    assert out["whole_word_accuracy"] == 1.0 and out["num_words"] == 2 and out["top5_accuracy"] == 1.0

@@ -362,6 +362,14 @@ class SegmentedDataset:
             table = {int(k): z[k] for k in z.files}
         return EntityTable(table) if table else None
 
+    def token_counts(self) -> np.ndarray:
+        """``int64 [vocab_size]``: how often each id occurs in the corpus (special tokens excluded).
+
+        The unigram statistics of a corpus, e.g. for a most-frequent-token baseline.
+        """
+        tokens = self._arrays["tokens"]
+        return np.bincount(np.asarray(tokens), minlength=self.vocab_info.vocab_size).astype(np.int64)
+
     @property
     def num_tokens(self) -> int:
         """Tokens in the corpus (special tokens excluded, before truncation)."""

@@ -4,8 +4,9 @@ Two ways in:
 
 * ``--model NAME_OR_PATH``: any BERT-architecture checkpoint that ``BertForMaskedLM.from_pretrained`` loads
   (``hfl/chinese-roberta-wwm-ext`` or a local folder). The MLM head is reused when the checkpoint has one.
-* ``--model-config tiny|base|FILE`` with a tokenizer: a freshly initialised BERT. ``base`` is BERT-base's
-  shape; ``tiny`` (2 layers, hidden 128) is for the demo, tests and smoke runs.
+* ``--model-config tiny|small|base|FILE`` with a tokenizer: a freshly initialised BERT. ``base`` is BERT-base's
+  shape; ``small`` (4 layers, hidden 256) is for CPU studies; ``tiny`` (2 layers, hidden 128) is for the demo,
+  tests and smoke runs.
 
 Either way, when the tokenizer has more tokens than the embedding table (a vocabulary extended with domain
 terms), the embeddings are resized so every id has a row.
@@ -26,6 +27,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # For the demo and tests: small enough to train visibly in a minute on two CPU cores.
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                  max_position_embeddings=512),
+    # For CPU studies: about 5M parameters with an 8k vocabulary, big enough to learn context in an hour.
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+                  max_position_embeddings=512),
     # BERT-base, the shape of chinese-roberta-wwm-ext.
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                  max_position_embeddings=512),

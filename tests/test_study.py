@@ -1,0 +1,111 @@
+"""launch/study.py end to end on a smoke-sized study (tiny model, 2 strategies, real CSL text), and its report
+pieces on hand-made results: resumable (a finished stage is skipped), paired comparisons, honest separations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke_config(tmp: Path, shared: Path, finetune: list | None = None) -> Path:
+    cfg = {
+        "name": "smoke", "output_dir": str(tmp / "runs"), "results_dir": str(tmp / "results"),
+        "report": str(tmp / "results.md"), "shared_data": str(shared), "strategies": ["wwm", "entity_wwm"],
+        "seeds": [1], "heldout_papers": 40, "max_pretrain_sentences": 1500,
+        "pretrain_args": {"model-config": "tiny", "vocab-size": 2000, "max-steps": 20, "micro-batch-size": 16,
+                          "seq-len": 64, "eval-every": 10, "log-every": 10, "save-every": 0, "lr": 5e-3,
+                          "max-eval-examples": 64},
+        "evaluate_args": {"max-cloze-items": 200, "seq-len": 64},
+        "finetune": finetune or [],
+    }
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: Path) -> None:
+    config = smoke_config(tmp_path, shared_data_dir)
+    env_cmd = [sys.executable, str(ROOT / "launch" / "study.py"), "--config", str(config)]
+    proc = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = tmp_path / "results"
+    for run in ("wwm-seed1", "entity_wwm-seed1"):
+        pre = json.loads((results / run / "pretrain.json").read_text(encoding="utf-8"))
+        assert pre["strategy"] == run.split("-seed")[0] and pre["valid_curve"][0][0] == 0
+        ev = json.loads((results / run / "evaluate.json").read_text(encoding="utf-8"))
+        assert ev["masking"]["name"] == "wwm" and ev["cloze"]["entity"]["items"] > 0
+        assert (results / run / "cloze_items.npz").is_file()
+    # Both models answered the same questions: same items, same number of predictions.
+    a = json.loads((results / "wwm-seed1" / "evaluate.json").read_text(encoding="utf-8"))
+    b = json.loads((results / "entity_wwm-seed1" / "evaluate.json").read_text(encoding="utf-8"))
+    assert a["mlm"]["num_predictions"] == b["mlm"]["num_predictions"]
+    assert a["mlm_baseline"] == b["mlm_baseline"]
+    data = tmp_path / "runs" / "data"
+    held = set((data / "heldout" / "sentences.txt").read_text(encoding="utf-8").splitlines())
+    train = set((data / "pretrain" / "train.txt").read_text(encoding="utf-8").splitlines())
+    assert held and not held & train  # evaluation text is never pretrained on
+    report = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "| held-out masked accuracy ↑ |" in report and "entity_wwm − wwm" in report
+    assert (results / "valid_loss.png").stat().st_size > 1000 and (results / "metrics.png").is_file()
+    # A second invocation finds everything done and only rewrites the report.
+    before = (results / "wwm-seed1" / "pretrain.json").stat().st_mtime_ns
+    again = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 stages done" in again.stdout
+    assert (results / "wwm-seed1" / "pretrain.json").stat().st_mtime_ns == before
+
+
+def test_bad_study_config_is_one_line(tmp_path: Path, shared_data_dir: Path) -> None:
+    config = smoke_config(tmp_path, shared_data_dir)
+    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    raw["strategies"] = ["wwm", "no_such_strategy"]
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "study.py"), "--config", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no_such_strategy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_separation_sentences_follow_the_seed_spread(tmp_path: Path, shared_data_dir: Path) -> None:
+    from framework.evaluation.study import separations
+
+    close = [{"metric": "m", "higher_is_better": True, "strategies": {"a": [0.50, 0.52, 0.51], "b": [0.51, 0.50, 0.52]}}]
+    apart = [{"metric": "m", "higher_is_better": True, "strategies": {"a": [0.50, 0.52, 0.51], "b": [0.60, 0.61, 0.62]}}]
+    assert separations(close, ["a", "b"])[0].startswith("m: no separation")
+    assert separations(apart, ["a", "b"])[0].startswith("m: b is best")
+
+
+def test_paired_cloze_pairs_items_within_a_seed(tmp_path: Path, shared_data_dir: Path) -> None:
+    from framework.evaluation.study import StudyConfig, paired_cloze
+
+    cfg = StudyConfig(results_dir=str(tmp_path), shared_data=str(shared_data_dir), strategies=["a", "b"], seeds=[1])
+    rng = np.random.default_rng(0)
+    base = rng.normal(-5, 1, size=100).astype(np.float32)
+    is_entity = np.arange(100) < 60
+    for name, shift in (("a", 0.0), ("b", 0.25)):
+        folder = tmp_path / f"{name}-seed1"
+        folder.mkdir()
+        np.savez(folder / "cloze_items.npz", index=np.arange(100), is_entity=is_entity,
+                 in_train_lexicon=np.arange(100) < 30, mean_logprob=base + shift)
+    out = paired_cloze(cfg, "b", "a", "entity_in_lexicon")
+    assert out["mean"] == pytest.approx(0.25, abs=1e-5) and out["per_seed"][0]["items"] == 30
+    assert out["per_seed"][0]["se"] == pytest.approx(0.0, abs=1e-5)  # a constant shift: no spread at all
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_shipped_study_presets_are_valid(name: str, shared_data_dir: Path) -> None:
+    from framework.evaluation.study import StudyConfig
+
+    cfg = StudyConfig.from_yaml(ROOT / "studies" / f"{name}.yaml")
+    cfg.shared_data = str(shared_data_dir)
+    cfg.validate()
+    assert [s for _, s, _ in cfg.runs()][::3] == ["token", "wwm", "entity_wwm"] and len(cfg.runs()) == 9
+    assert {s.task for s in cfg.finetune} == {"csl-discipline", "csl-keywords", "csl-category"}
+    assert cfg.continues_pretrained == (name == "gpu")

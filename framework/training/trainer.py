@@ -6,7 +6,7 @@
 2. preflight: the masking strategy and its options, the DeepSpeed JSON; errors here cost no model or data work;
 3. data: the demo corpus is preprocessed into ``OUTPUT/data`` when no ``--data`` is given, a vocabulary is
    built for a model from scratch without ``--tokenizer``, and train/valid are segmented (cached);
-4. model, DeepSpeed config (filled and fitted to the hardware), ``deepspeed.initialize``;
+4. model, then the engine (:func:`framework.training.engine.build_engine`, shared with fine-tuning);
 5. resume from a checkpoint when asked, restoring the data position and RNG states last;
 6. the loop: micro-batches through the engine (DeepSpeed accumulates, clips, steps and schedules), a log
    record every ``log_every`` steps, evaluation every ``eval_every``, a checkpoint every ``save_every``;
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from framework.config import ConfigError, RunConfig
@@ -32,6 +31,7 @@ from framework.data.example import IGNORE_INDEX
 from framework.training.checkpoint import CheckpointManager, TrainState
 from framework.training.distributed import all_reduce_sum, barrier, init_distributed, on_rank0_first
 from framework.training.data import ResumableDistributedSampler, batches_per_epoch, build_loader
+from framework.training.engine import build_engine, seed_everything, setup_logging  # noqa: F401 - re-exported
 
 logger = logging.getLogger("framework.training")
 
@@ -59,33 +59,6 @@ class RunResult:
     checkpoint: Path | None = None
     exported_model: Path | None = None
     loss_plot: Path | None = None
-
-
-# --------------------------------------------------------------------------------------------- process setup
-
-
-def setup_logging(rank: int) -> None:
-    """Rank 0 logs at INFO; other ranks only warnings, with their rank in front. DeepSpeed's chatter is muted."""
-    level = logging.INFO if rank == 0 else logging.WARNING
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stdout, force=True)
-    try:
-        from deepspeed.utils import logger as ds_logger
-
-        ds_logger.setLevel(logging.WARNING)
-    except ImportError:  # pragma: no cover - deepspeed is a hard dependency
-        pass
-    for noisy in ("jieba", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (initialisation of new weights and dropout)."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------------------------- preflight & data
@@ -305,21 +278,8 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     if model.get_input_embeddings().num_embeddings < train_set.vocab_info.vocab_size:
         raise ValueError(f"the model has {model.get_input_embeddings().num_embeddings} embeddings but the data uses "
                          f"{train_set.vocab_info.vocab_size} token ids; give --tokenizer the model's own tokenizer")
-    from framework.training.deepspeed_config import optimizer_param_groups, resolve_deepspeed_config
-
-    ds = resolve_deepspeed_config(cfg.training.deepspeed_config, cfg.training, world_size, len(train_set))
-    groups = optimizer_param_groups(model)
-    client_optimizer = ds.build_client_optimizer(groups)
-    import deepspeed
-
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups if client_optimizer is None else None,
-                                           optimizer=client_optimizer, config=ds.config)
+    engine, ds = build_engine(model, cfg.training, world_size, len(train_set), is_main)
     micro = ds.micro_batch_size
-    if is_main:
-        ds.log_changes()
-        logger.info("DeepSpeed %s: %s from %s, ZeRO-%d, %d rank(s) x micro-batch %d x accumulation %d = %d "
-                    "examples per step, %d steps", deepspeed.__version__, ds.precision, ds.source, ds.zero_stage,
-                    world_size, micro, ds.gradient_accumulation_steps, ds.config["train_batch_size"], ds.total_steps)
 
     # Resume.
     checkpoints = CheckpointManager(output_dir / "checkpoints", cfg.checkpoint.keep_last, rank, tokenizer)
@@ -407,11 +367,8 @@ class _Evaluator:
         try:
             for batch in self.loader:
                 inputs = {k: batch[k].to(self.engine.device) for k in MODEL_INPUTS}
-                # The model returns logits only at labelled positions ([N, V]); gather the targets to match.
-                logits = self.engine(**inputs).logits
-                selected = inputs["labels"] != IGNORE_INDEX
-                self.metrics.update(logits, inputs["labels"][selected],
-                                    batch["entity_label_mask"].to(logits.device)[selected])
+                # The model returns logits only at labelled positions ([N, V]), as update_batch expects.
+                self.metrics.update_batch(self.engine(**inputs).logits, batch)
         finally:
             self.engine.train()
         self.metrics.reduce_across_ranks()

@@ -102,7 +102,7 @@ def test_api_keys_are_refused_and_redacted(tmp_path: Path) -> None:
     (["--seq-len", "4"], "--seq-len"),
     (["--max-steps", "0"], "--max-steps"),
     (["--model", "./no/such/model", "--model-config", "tiny"], "not both"),
-    (["--model-config", "huge"], "tiny, base"),
+    (["--model-config", "huge"], "tiny, small, base"),
     (["--model", "./no/such/model"], "no such folder"),
     (["--report-to", "mlflow"], "wandb, tensorboard, none"),
     (["--resume", "/no/such/checkpoint"], "--resume auto"),

@@ -31,9 +31,25 @@ def smoke_config(tmp: Path, shared: Path, finetune: list | None = None) -> Path:
     return path
 
 
+def tiny_fewclue_splits(tmp: Path, shared: Path, rows: int = 16) -> Path:
+    """The first ``rows`` lines of each FewCLUE CSL split, in FewCLUE's folder layout (a copy in tmp only).
+
+    16 rows in micro-batches of 8 make two steps: DeepSpeed's WarmupDecayLR needs a warm-up and a decay step.
+    """
+    folder = tmp / "fewclue-csl"
+    folder.mkdir()
+    for k in range(5):
+        for part in ("train", "dev"):
+            lines = (shared / "fewclue" / "csl" / f"{part}_{k}.json").read_text(encoding="utf-8").splitlines()
+            (folder / f"{part}_{k}.json").write_text("\n".join(lines[:rows]) + "\n", encoding="utf-8")
+    return folder
+
+
 @pytest.mark.slow
 def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: Path) -> None:
-    config = smoke_config(tmp_path, shared_data_dir)
+    splits = tiny_fewclue_splits(tmp_path, shared_data_dir)
+    config = smoke_config(tmp_path, shared_data_dir, finetune=[{"task": "csl-keywords", "args": {
+        "fewclue-splits": str(splits), "epochs": 1, "max-seq-len": 64, "micro-batch-size": 8, "seed": 0}}])
     env_cmd = [sys.executable, str(ROOT / "launch" / "study.py"), "--config", str(config)]
     proc = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -44,6 +60,8 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: P
         ev = json.loads((results / run / "evaluate.json").read_text(encoding="utf-8"))
         assert ev["masking"]["name"] == "wwm" and ev["cloze"]["entity"]["items"] > 0
         assert (results / run / "cloze_items.npz").is_file()
+        ft = json.loads((results / run / "finetune-csl-keywords.json").read_text(encoding="utf-8"))
+        assert ft["protocol"] == "fewclue" and len(ft["per_split"]) == 5 and "majority" in ft and ft["code"]
     # Both models answered the same questions: same items, same number of predictions.
     a = json.loads((results / "wwm-seed1" / "evaluate.json").read_text(encoding="utf-8"))
     b = json.loads((results / "entity_wwm-seed1" / "evaluate.json").read_text(encoding="utf-8"))
@@ -55,6 +73,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: P
     assert held and not held & train  # evaluation text is never pretrained on
     report = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "| held-out masked accuracy ↑ |" in report and "entity_wwm − wwm" in report
+    assert "| csl-keywords dev accuracy ↑ |" in report and "6 of 6 stages finished" in report
     assert (results / "valid_loss.png").stat().st_size > 1000 and (results / "metrics.png").is_file()
     # A second invocation finds everything done and only rewrites the report.
     before = (results / "wwm-seed1" / "pretrain.json").stat().st_mtime_ns

@@ -8,7 +8,8 @@ This layer sits above :mod:`framework.training` and reuses its pieces (segmented
 * :mod:`framework.evaluation.mlm`: held-out MLM metrics with identical masks for every model;
 * :mod:`framework.evaluation.cloze`: the entity-cloze probe (one whole entity or word masked per item);
 * :mod:`framework.evaluation.tasks`: readers of the CSL tasks (benchmark TSVs, FewCLUE JSON lines, papers);
-* :mod:`framework.evaluation.finetune`: fine-tuning a pretrained model on a task through DeepSpeed;
+* :mod:`framework.evaluation.finetune`: fine-tuning a pretrained model on a task through DeepSpeed
+  (accuracy and macro-F1 in :mod:`framework.evaluation.classification`);
 * :mod:`framework.evaluation.study`: the masking-strategy study;
 * :mod:`framework.evaluation.output`: tables, ``--json`` lines and W&B reporting shared by the commands.
 """

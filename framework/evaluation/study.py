@@ -338,6 +338,18 @@ def run_stage_finetune(cfg: StudyConfig, run: str, spec: FinetuneSpec) -> dict[s
     return {"command": _shown(cmd), "seconds": round(time.perf_counter() - started, 1), **result}
 
 
+def code_version() -> str:
+    """The repository's commit (``+dirty`` with uncommitted changes), so each result says what code made it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + ("+dirty" if dirty else "")
+
+
 def _shown(cmd: list[str]) -> str:
     """A command as a user would type it from the repository root."""
     parts = ["python3" if c == sys.executable else os.path.relpath(c, REPO_ROOT) if c.startswith(str(REPO_ROOT)) else c
@@ -381,7 +393,8 @@ def run_study(cfg: StudyConfig, only: Sequence[str] = STAGES, max_runs: int | No
         for name, fn in todo:
             logger.info("study %s: %s %s", cfg.name, run, name)
             try:
-                _save(result_path(cfg, run, name), fn())
+                _save(result_path(cfg, run, name), {**fn(), "code": code_version(), "finished": time.strftime(
+                    "%Y-%m-%dT%H:%M:%S")})
                 done.append(f"{run}/{name}")
             except StudyError as exc:
                 logger.error("%s", exc)

@@ -75,11 +75,17 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: P
     assert "| held-out masked accuracy ↑ |" in report and "entity_wwm − wwm" in report
     assert "| csl-keywords dev accuracy ↑ |" in report and "6 of 6 stages finished" in report
     assert (results / "valid_loss.png").stat().st_size > 1000 and (results / "metrics.png").is_file()
+    assert json.loads((results / "data.json").read_text(encoding="utf-8"))["fingerprint"]
     # A second invocation finds everything done and only rewrites the report.
     before = (results / "wwm-seed1" / "pretrain.json").stat().st_mtime_ns
     again = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 stages done" in again.stdout
     assert (results / "wwm-seed1" / "pretrain.json").stat().st_mtime_ns == before
+    # Results made from other data are never mixed with new ones.
+    with open(data / "pretrain" / "train.txt", "a", encoding="utf-8") as f:
+        f.write("一个改变了数据指纹的新句子。\n")
+    changed = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2 and "fingerprint" in changed.stderr and "Traceback" not in changed.stderr
 
 
 def test_bad_study_config_is_one_line(tmp_path: Path, shared_data_dir: Path) -> None:

@@ -234,6 +234,38 @@ def prepare_data(cfg: StudyConfig) -> Path:
     return data
 
 
+FINGERPRINTED = ("pretrain/train.txt", "pretrain/valid.txt", "pretrain/keywords.txt", "heldout/sentences.txt",
+                 "heldout/keywords.txt", "tokenizer/vocab.txt")
+
+
+def data_fingerprint(data: Path) -> str:
+    """A hash of the files every stage depends on: results made from other data must not be mixed in."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=10)
+    for name in FINGERPRINTED:
+        path = data / name
+        if path.is_file():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def check_results_data(cfg: StudyConfig, data: Path) -> None:
+    """Tie ``results_dir`` to the data it was made from (``results_dir/data.json``); refuse a mismatch."""
+    fingerprint = data_fingerprint(data)
+    record = Path(cfg.results_dir) / "data.json"
+    if record.is_file():
+        known = json.loads(record.read_text(encoding="utf-8")).get("fingerprint")
+        if known != fingerprint:
+            raise StudyError(
+                f"{record}: the finished stages were made from data with fingerprint {known}, but "
+                f"{data} now has {fingerprint} (another split, corpus or vocabulary); delete {cfg.results_dir} "
+                "to start the study afresh, or restore the data")
+        return
+    stats = json.loads((data / "ready.json").read_text(encoding="utf-8"))
+    _save(record, {"fingerprint": fingerprint, "files": list(FINGERPRINTED), "stats": stats})
+
+
 def _lines(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
@@ -376,7 +408,7 @@ def run_study(cfg: StudyConfig, only: Sequence[str] = STAGES, max_runs: int | No
         ``{"done": [...], "failed": [...], "seconds": ...}``.
     """
     started = time.perf_counter()
-    prepare_data(cfg)
+    check_results_data(cfg, prepare_data(cfg))
     done, failed, worked = [], [], 0
     for run, strategy, seed in cfg.runs():
         if max_runs is not None and worked >= max_runs:

@@ -76,6 +76,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: P
     assert "| csl-keywords dev accuracy ↑ |" in report and "6 of 6 stages finished" in report
     assert (results / "valid_loss.png").stat().st_size > 1000 and (results / "metrics.png").is_file()
     assert json.loads((results / "data.json").read_text(encoding="utf-8"))["fingerprint"]
+    assert (results / "tokenizer" / "vocab.txt").read_bytes() == (data / "tokenizer" / "vocab.txt").read_bytes()
     # A second invocation finds everything done and only rewrites the report.
     before = (results / "wwm-seed1" / "pretrain.json").stat().st_mtime_ns
     again = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

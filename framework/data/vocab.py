@@ -6,6 +6,10 @@ library's WordPiece trainer (``handle_chinese_chars=True`` puts spaces around ev
 training, so no multi-character Chinese piece can form). The result is a plain ``vocab.txt`` folder that
 ``BertTokenizer.from_pretrained`` and ``BertTokenizerFast.from_pretrained`` load: used for models trained
 from scratch and, tiny, in the tests.
+
+The trainer breaks ties between equally frequent merges in an order that changes from run to run (a hash
+map's), so two builds from the same corpus can differ in a few rare pieces: keep the folder a model was
+trained with (runs keep it in ``OUTPUT/tokenizer``; the masking study in its results folder).
 """
 
 from __future__ import annotations

@@ -170,7 +170,8 @@ def prepare_data(cfg: StudyConfig) -> Path:
 
     ``pretrain/`` (train.txt, valid.txt, keywords.txt of the pretraining papers), ``heldout/sentences.txt`` and
     ``heldout/keywords.txt`` (the held-out papers'), ``heldout/papers.jsonl`` (for a forged-keywords test set),
-    ``csl-category/{train,dev}.tsv`` (the benchmark's training titles split 7:1 for selection), ``tokenizer/``.
+    ``csl-category/{train,dev}.tsv`` (the benchmark's training titles split 7:1 for selection), ``tokenizer/``
+    (also kept in ``results_dir/tokenizer``, and taken from there when present).
     """
     from framework.data.corpus import PreprocessConfig, preprocess
     from framework.data.vocab import build_vocab_from_files
@@ -218,8 +219,16 @@ def prepare_data(cfg: StudyConfig) -> Path:
     _write_lines(tmp / "csl-category" / "dev.tsv", titles[:1000])
     _write_lines(tmp / "csl-category" / "train.tsv", titles[1000:])
     vocab_size = int(cfg.pretrain_args.get("vocab-size", 8000))
-    if not cfg.continues_pretrained:  # a pretrained model brings its own tokenizer
+    kept_tokenizer = Path(cfg.results_dir) / "tokenizer"
+    if cfg.continues_pretrained:
+        pass  # a pretrained model brings its own tokenizer
+    elif (kept_tokenizer / "vocab.txt").is_file():
+        # The WordPiece trainer breaks frequency ties in a run-dependent order: a rebuilt vocabulary would
+        # differ in rare pieces, so a resumed study reuses the one its finished stages were made with.
+        shutil.copytree(kept_tokenizer, tmp / "tokenizer")
+    else:
         build_vocab_from_files([tmp / "pretrain" / "train.txt"], tmp / "tokenizer", vocab_size=vocab_size)
+        shutil.copytree(tmp / "tokenizer", kept_tokenizer, dirs_exist_ok=True)
     for sub in ("csl", "fewclue", "heldout-pp"):
         shutil.rmtree(tmp / sub)
     (tmp / "csl-pretrain.jsonl").unlink()

@@ -167,3 +167,21 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model_dir: Path, tmp_path: Path) 
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_evaluate(["--model", str(tmp_path), "--data", str(tmp_path)])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_figures_go_to_the_runs_wandb_project_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from framework.evaluation.output import report_to_wandb
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "run_config.json").write_text(json.dumps({"report": {"project": "study-x", "tags": ["t"]},
+                                                     "training": {"max_steps": 30}}), encoding="utf-8")
+    (run / "wandb_run_id").write_text("abc123def456\n", encoding="utf-8")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    report_to_wandb(run / "model", "eval", {"mlm": {"loss": 2.5, "masked_accuracy": 0.25}, "note": "text"})
+    record = json.loads((run / "evaluation" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    assert record["split"] == "eval" and record["step"] == 30
+    assert record["mlm/loss"] == 2.5 and record["mlm/masked_accuracy"] == 0.25 and "note" not in record
+    offline = list((run / "evaluation" / "wandb").glob("offline-run-*abc123def456"))
+    assert offline, "the evaluation must continue the training run's W&B id"

@@ -2,8 +2,9 @@
 
 :class:`MaskingCollator` is the ``collate_fn`` of the training ``DataLoader``. It hands the batch to the run's
 strategy with ``(seed, epoch)`` (every example's masks follow from ``(seed, epoch, example.index)``, see
-:mod:`framework.masking.base`), and pads to a multiple of 8 (tensor cores want it; it also bounds the
-number of distinct shapes).
+:mod:`framework.masking.base`; the built-ins mask the whole batch at once, :mod:`framework.masking.batch`),
+and pads to a multiple of 8 (tensor cores want it; it also bounds the number of distinct shapes) with one
+concatenation and one scatter per field.
 
 The epoch lives in shared memory, so :meth:`MaskingCollator.set_epoch` reaches data-loader workers too, also
 persistent ones. Call it before iterating each epoch, as with ``DistributedSampler.set_epoch``::
@@ -83,8 +84,12 @@ class MaskingCollator:
         return self.pad(self.mask(examples), [ex.index for ex in examples])
 
     def pad(self, masked: Sequence[MaskedExample], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        """Pad masked examples into tensors (``indices`` only name examples in error messages)."""
-        lengths = np.fromiter((len(m) for m in masked), dtype=np.int64, count=len(masked))
+        """Pad masked examples into tensors (``indices`` only name examples in error messages).
+
+        One concatenation per field and one scatter into the padded arrays: no per-example copy loop.
+        """
+        ids = [m.input_ids for m in masked]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         longest = int(lengths.max())
         if self.max_length is not None:
             if longest > self.max_length:
@@ -99,20 +104,35 @@ class MaskingCollator:
             multiple = self.pad_to_multiple_of
             width = -(-longest // multiple) * multiple
         batch = len(masked)
-        input_ids = np.full((batch, width), self.vocab.pad_token_id, dtype=np.int64)
-        labels = np.full((batch, width), IGNORE_INDEX, dtype=np.int64)
-        entity = np.zeros((batch, width), dtype=bool)
-        for row, m in enumerate(masked):  # one copy per example, not per token
-            n = len(m)
-            input_ids[row, :n] = m.input_ids
-            labels[row, :n] = m.labels
-            if m.entity_label_mask is not None:
-                entity[row, :n] = m.entity_label_mask
-        attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-        # Segment B starts after the first [SEP] (sentence pairs); single sentences are all segment A.
-        is_sep = (input_ids == self.vocab.sep_token_id) & (attention_mask == 1)
-        after_first_sep = (np.cumsum(is_sep, axis=1) - is_sep) > 0
-        token_type_ids = (after_first_sep & (attention_mask == 1)).astype(np.int64)
+        total = int(lengths.sum())
+        # Flat position of every real token in the padded [batch, width] arrays: row * width + column.
+        starts = np.zeros(batch, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        target = np.arange(total, dtype=np.int64)
+        target += np.repeat(np.arange(batch, dtype=np.int64) * width - starts, lengths)
+        flat_ids = np.concatenate(ids)
+        input_ids = np.full(batch * width, self.vocab.pad_token_id, dtype=np.int64)
+        input_ids[target] = flat_ids
+        labels = np.full(batch * width, IGNORE_INDEX, dtype=np.int64)
+        labels[target] = np.concatenate([m.labels for m in masked])
+        entity = np.zeros(batch * width, dtype=bool)
+        entity[target] = np.concatenate([
+            m.entity_label_mask if m.entity_label_mask is not None else np.zeros(len(m), dtype=bool) for m in masked
+        ])
+        attention_mask = np.zeros(batch * width, dtype=np.int64)
+        attention_mask[target] = 1
+        input_ids, labels, entity, attention_mask = (
+            a.reshape(batch, width) for a in (input_ids, labels, entity, attention_mask))
+        # Segment B starts after the first [SEP] (sentence pairs); single sentences are all segment A. The
+        # common case, one [SEP] per row and at its end, needs no per-position work.
+        sep = self.vocab.sep_token_id
+        is_sep_flat = flat_ids == sep
+        if lengths.min() > 0 and int(is_sep_flat.sum()) == batch and bool(is_sep_flat[starts + lengths - 1].all()):
+            token_type_ids = np.zeros((batch, width), dtype=np.int64)
+        else:
+            is_sep = (input_ids == sep) & (attention_mask == 1)
+            after_first_sep = (np.cumsum(is_sep, axis=1) - is_sep) > 0
+            token_type_ids = (after_first_sep & (attention_mask == 1)).astype(np.int64)
         return {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention_mask),

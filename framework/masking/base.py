@@ -18,8 +18,11 @@ Speed: the collator calls :meth:`MaskingStrategy.mask_batch` with a whole batch 
 ``(seed, epoch)`` (each example carries its ``index``), not with ready-made generators: creating a NumPy
 generator costs about 13 µs per example, more than a vectorised strategy needs for the whole example. The
 default ``mask_batch`` builds each example's :func:`example_rng` and loops over :meth:`mask`; a strategy that
-vectorises over the batch overrides it and derives its randomness from ``(seed, epoch, index)`` its own way
-(a counter-based hash, say), keeping the same guarantee: an example's draw depends on nothing else.
+vectorises over the batch overrides it and derives its randomness from ``(seed, epoch, index)`` its own way,
+keeping the same guarantee: an example's draw depends on nothing else. The built-in ``token``, ``wwm`` and
+``entity_wwm`` do so with counter-based hashes (:mod:`framework.masking.batch`): their training masks are
+not the ones :meth:`mask` draws with :func:`example_rng` (the reference, one example at a time), but follow
+the same rules and distribution.
 """
 
 from __future__ import annotations
@@ -168,10 +171,16 @@ class MaskingStrategy(ABC):
     def mask_batch(self, examples: Sequence[SegmentedExample], seed: int, epoch: int) -> list[MaskedExample]:
         """Mask a batch for ``epoch``; example ``ex`` draws from ``(seed, epoch, ex.index)`` alone.
 
-        The default masks each example with :meth:`mask` and :func:`example_rng`. Override to vectorise over
-        the batch (see the module docstring).
+        The default masks each example with :meth:`mask` and :func:`example_rng`, so a strategy that only
+        implements :meth:`mask` works unchanged. Override to vectorise over the batch (see the module
+        docstring); the result must not depend on the batch an example is in, nor on its position there.
         """
         return [self.mask(ex, example_rng(seed, epoch, ex.index)) for ex in examples]
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether :meth:`mask_batch` masks the batch at once rather than example by example (for reports)."""
+        return type(self).mask_batch is not MaskingStrategy.mask_batch
 
     def for_evaluation(self) -> "MaskingStrategy":
         """The strategy that validation metrics use: this one without input augmentation.

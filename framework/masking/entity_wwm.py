@@ -14,6 +14,10 @@ Inspired by ERNIE 1.0's entity-level masking (Sun et al., 2019), on top of Chine
    length), else left unchanged; always predicted as the original.
 5. **Per chosen ordinary word**: the usual ``mask_token_prob`` / ``random_token_prob`` / unchanged rule.
 
+:meth:`EntityWholeWordMasking.mask` is the reference, one example at a time; ``mask_batch`` (what training
+uses) applies the same procedure to a whole batch at once with counter-based randomness
+(:mod:`framework.masking.batch`).
+
 Why ``entity_prob = 0.4``: entity tokens should be chosen at least twice as often as other tokens. Entity
 occurrences are long units (3 tokens on average on CSL), and a budget of ``mask_prob * n`` tokens caps what
 entity-dense sentences (titles) can take, so a lower value falls short. Measured on the CSL sample with its
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -38,8 +43,26 @@ from framework.masking.base import (
     MaskingStrategy,
     check_probability,
 )
+from framework.masking.batch import (
+    STREAM_ENTITY,
+    STREAM_ENTITY_ACTION,
+    STREAM_EXAMPLE,
+    STREAM_REPLACEMENT,
+    STREAM_UNIT,
+    BatchApplier,
+    FlatBatch,
+    counter,
+    draw_bits,
+    high_uniform,
+    low_uniform,
+    sort_order,
+    take_within_budget_batch,
+    token_budgets,
+)
+from framework.masking.batch import span_positions as flat_span_positions
 from framework.masking.units import (
     KEEP,
+    MASK,
     RANDOM,
     UnitMasker,
     coverage_mask,
@@ -113,6 +136,16 @@ class EntityWholeWordMasking(MaskingStrategy):
     def __init__(self, context: MaskingContext, **options: object) -> None:
         super().__init__(context, **options)
         self.masker = UnitMasker(context)
+        self.applier = BatchApplier(self.masker.mask_token_id, self.masker.pool)
+        cls = type(self)
+        # A subclass that changes the reference procedure keeps it: the batch path would silently ignore it.
+        self._vectorised = (cls.mask is EntityWholeWordMasking.mask
+                            and cls.replacement is EntityWholeWordMasking.replacement)
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether ``mask_batch`` masks the batch at once (False for subclasses that change :meth:`mask`)."""
+        return self._vectorised
 
     def mask(self, example: SegmentedExample, rng: np.random.Generator) -> MaskedExample:
         """Entities first, ordinary words after, within one token budget."""
@@ -154,6 +187,119 @@ class EntityWholeWordMasking(MaskingStrategy):
             keep = np.ones(length, dtype=bool)
             keep[span_positions(chosen_entities[deleted])] = False
         return finish(example, input_ids, labels, keep)
+
+    def mask_batch(self, examples: Sequence[SegmentedExample], seed: int, epoch: int) -> list[MaskedExample]:
+        """:meth:`mask`'s procedure for a whole batch at once; an example's draws depend on ``(seed, epoch, index)``.
+
+        A subclass that overrides :meth:`mask` or :meth:`replacement` gets the per-example path instead.
+        """
+        if not self._vectorised or not examples:
+            return super().mask_batch(examples, seed, epoch)
+        opts = self.options
+        batch = FlatBatch.from_examples(examples, seed, epoch)
+        size = batch.size
+        entity_owner, entity_local = batch.entity_owner, batch.entity_local
+        num_entities = len(entity_owner)
+        # Every unit of the batch, entities first: spans, example, random bits.
+        spans = np.concatenate([batch.entity_spans, batch.word_spans])
+        owner = np.concatenate([entity_owner, batch.word_owner])
+        # One hash call: [examples | entities: pick, order | words: order, action | entities: deletion, action].
+        bits = draw_bits(
+            batch.keys[np.concatenate([np.arange(size), owner, entity_owner])],
+            np.concatenate([np.full(size, counter(STREAM_EXAMPLE, 0)), counter(STREAM_ENTITY, entity_local),
+                            counter(STREAM_UNIT, batch.word_start), counter(STREAM_ENTITY_ACTION, entity_local)]),
+        )
+        example_bits, unit_bits = bits[:size], bits[size:size + len(owner)]
+        # Per unit, the bits of its 80/10/10 action (and, for entities, deletion).
+        action_bits = np.concatenate([bits[size + len(owner):], unit_bits[num_entities:]])
+        budgets = token_budgets(batch, opts, example_bits)
+
+        entity_bits = unit_bits[:num_entities]
+        picked = low_uniform(entity_bits) < opts.entity_prob
+        picked = self._drop_overlapping(batch.entity_spans, entity_owner, entity_local, entity_bits, picked)
+        # The walk of mask(): picked entities, then the words outside every entity, each group in random
+        # order (the group is part of the sort key), under one budget.
+        candidates = np.flatnonzero(np.concatenate([picked, ~batch.in_entity[batch.word_spans[:, 0]]]))
+        is_entity = candidates < num_entities
+        candidate_owner = owner[candidates]
+        order = sort_order(candidate_owner, unit_bits[candidates] >> np.uint64(32), ~is_entity)
+        candidate_spans = spans[candidates]
+        taken = take_within_budget_batch(candidate_owner, candidate_spans[:, 1] - candidate_spans[:, 0], order,
+                                         budgets, low_uniform(example_bits))
+        chosen, entity = candidate_spans[taken], is_entity[taken]
+        chosen_bits = action_bits[candidates[taken]]
+        u = low_uniform(chosen_bits)
+        actions = np.where(u < np.where(entity, opts.entity_mask_token_prob, opts.mask_token_prob), MASK,
+                           np.where(u < np.where(entity, opts.entity_mask_token_prob + opts.entity_replace_prob,
+                                                 opts.mask_token_prob + opts.random_token_prob), RANDOM, KEEP))
+        actions = actions.astype(np.int8)
+        deleted = entity & (high_uniform(chosen_bits) < opts.entity_delete_prob)
+        lexicon_replaced = entity & ~deleted & (actions == RANDOM)
+        # Lexicon replacement is written below; apply() must leave those tokens alone meanwhile.
+        actions[lexicon_replaced] = KEEP
+        kept = ~deleted
+        input_ids, labels = self.applier.apply(batch, chosen[kept], actions[kept])
+        if lexicon_replaced.any():
+            self._replace(batch, input_ids, candidates[taken][lexicon_replaced])
+        keep = None
+        if deleted.any():
+            keep = np.ones(len(input_ids), dtype=bool)
+            keep[flat_span_positions(chosen[deleted])] = False
+        return self.applier.split(batch, input_ids, labels, keep)
+
+    @staticmethod
+    def _drop_overlapping(entities: np.ndarray, owner: np.ndarray, local: np.ndarray, bits: np.ndarray,
+                          picked: np.ndarray) -> np.ndarray:
+        """:func:`drop_overlapping` for the batch: the segmenter never emits overlapping entities, so one
+        vectorised check usually settles it; examples that have some resolve them in their random order."""
+        if len(entities) < 2:
+            return picked
+        starts = entities[:, 0]
+        # Flat positions of different examples never overlap: in start order, a clash is between neighbours.
+        by_start = None if (starts[1:] >= starts[:-1]).all() else np.argsort(starts, kind="stable")
+        ordered = entities if by_start is None else entities[by_start]
+        clash = np.flatnonzero(ordered[1:, 0] < ordered[:-1, 1])
+        if not len(clash):
+            return picked
+        picked = picked.copy()
+        for example in np.unique(owner[clash if by_start is None else by_start[clash]]).tolist():  # hand-built only
+            idx = np.flatnonzero((owner == example) & picked)
+            idx = idx[np.lexsort((local[idx], bits[idx] >> np.uint64(32)))]
+            picked[np.setdiff1d(idx, drop_overlapping(entities, idx))] = False
+        return picked
+
+    def _replace(self, batch: FlatBatch, input_ids: np.ndarray, replaced: np.ndarray) -> None:
+        """Write :meth:`replacement`'s choice for every entity in ``replaced`` into the flat ``input_ids``.
+
+        A row drawn from the same-length table, drawn again (up to three times) while it equals the original,
+        then a scan of the table (only a table made almost only of the original gets there), else random
+        tokens, as in :meth:`replacement`. A Python loop over the replaced entities: a few per batch.
+        """
+        attempts = 4
+        owner = batch.entity_owner[replaced]
+        first = batch.entity_local[replaced] * attempts
+        draws = (draw_bits(batch.keys[owner], counter(STREAM_REPLACEMENT, first)) >> np.uint64(32)).tolist()
+        lexicon = self.context.entities
+        for i, (start, end) in enumerate(batch.entity_spans[replaced].tolist()):
+            table = lexicon.candidates(end - start) if lexicon is not None else None
+            row = None
+            if table is not None:
+                original = batch.input_ids[start:end]
+                draw = draws[i]
+                for attempt in range(attempts):
+                    if attempt:  # a redraw: only when the first row was the original itself
+                        draw = int(draw_bits(batch.keys[owner[i:i + 1]],
+                                             counter(STREAM_REPLACEMENT, first[i:i + 1] + attempt))[0] >> 32)
+                    if attempt < attempts - 1:
+                        candidate = table[(draw * len(table)) >> 32]
+                        if not (candidate == original).all():
+                            row = candidate
+                            break
+                    else:
+                        others = np.flatnonzero(~np.all(table == original, axis=1))
+                        if len(others):
+                            row = table[others[(draw * len(others)) >> 32]]
+            input_ids[start:end] = self.applier.random_tokens(batch, np.arange(start, end)) if row is None else row
 
     def for_evaluation(self) -> "EntityWholeWordMasking":
         """The same masking without deletion, so validation scores prediction only."""

@@ -25,17 +25,35 @@ a run of words):
 Units are token spans ``[start, end)``; a unit made of several spans (a run of words across a special token)
 carries one unit id per span. All work is NumPy over span arrays: no Python loop per token (the few loops
 per unit stop as soon as the budget is spent).
+
+The functions here are the reference, one example at a time with a NumPy generator (:meth:`mask`). Training
+goes through :meth:`UnitMaskingStrategy.mask_batch`, which applies the same rules to a whole batch at once with
+counter-based randomness (:mod:`framework.masking.batch`) for every strategy that describes its units to it
+(:meth:`UnitMaskingStrategy.batch_units`).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 
 from framework.data.example import IGNORE_INDEX, MaskedExample, SegmentedExample
 from framework.masking.base import MaskingContext, MaskingOptions, MaskingStrategy
+from framework.masking.batch import (
+    STREAM_EXAMPLE,
+    STREAM_UNIT,
+    BatchApplier,
+    FlatBatch,
+    counter,
+    draw_actions_from,
+    draw_bits,
+    low_uniform,
+    sort_order,
+    take_within_budget_batch,
+    token_budgets,
+)
 
 MASK, RANDOM, KEEP = 0, 1, 2
 """Per-unit actions of the 80/10/10 rule."""
@@ -236,6 +254,11 @@ class UnitMaskingStrategy(MaskingStrategy):
     Subclasses implement :meth:`choose_units`, returning the chosen units as token spans (``int64 [K, 2]``)
     and the unit each span belongs to (``int64 [K]``, non-decreasing; ``arange(K)`` when every unit is a
     single span). All tokens of a unit get the same action.
+
+    A strategy whose units are single spans taken in uniformly random order (``token``, ``wwm``) can also
+    implement :meth:`batch_units`; :meth:`mask_batch` then masks the whole batch at once. A subclass that
+    overrides :meth:`choose_units` or :meth:`mask` without its own :meth:`batch_units` gets the per-example
+    path, so its override is always honoured.
     """
 
     Options: ClassVar[type] = MaskingOptions
@@ -243,12 +266,49 @@ class UnitMaskingStrategy(MaskingStrategy):
     def __init__(self, context: MaskingContext, **options: object) -> None:
         super().__init__(context, **options)
         self.masker = UnitMasker(context)
+        self.applier = BatchApplier(self.masker.mask_token_id, self.masker.pool)
+        cls = type(self)
+        definer = next(c for c in cls.__mro__ if "batch_units" in vars(c))
+        self._vectorised = (definer is not UnitMaskingStrategy and cls.choose_units is definer.choose_units
+                            and cls.mask is UnitMaskingStrategy.mask)
 
-    @abstractmethod
-    def choose_units(
-        self, example: SegmentedExample, budget: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The units to predict, spending about ``budget`` tokens (see :func:`take_within_budget`)."""
+    @property
+    def vectorised(self) -> bool:
+        """Whether :meth:`mask_batch` masks the batch at once (see the class docstring)."""
+        return self._vectorised
+
+    def batch_units(self, batch: FlatBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every example's candidate units for :meth:`mask_batch`, or ``None`` for the per-example path.
+
+        Returns flat token spans (``int64 [N, 2]``, :class:`~framework.masking.batch.FlatBatch` positions, each
+        example's units in their order within it), the example of each (``int64 [N]``, non-decreasing) and a
+        number naming it within its example (``int64 [N]``, distinct within an example, below ``2**32``; it
+        keys the unit's random draws: a word's start position, say). Units are taken in uniformly random order
+        until the budget is spent, as :func:`take_within_budget` does.
+        """
+        return None
+
+    def mask_batch(self, examples: Sequence[SegmentedExample], seed: int, epoch: int) -> list[MaskedExample]:
+        """The whole batch at once where :meth:`batch_units` describes the units, else one example at a time."""
+        if not self._vectorised or not examples:
+            return super().mask_batch(examples, seed, epoch)
+        batch = FlatBatch.from_examples(examples, seed, epoch)
+        units = self.batch_units(batch)
+        if units is None:
+            return super().mask_batch(examples, seed, epoch)
+        spans, owner, local = units
+        opts = self.options
+        size = batch.size
+        # One hash call for the per-example and the per-unit draws.
+        bits = draw_bits(np.concatenate([batch.keys, batch.keys[owner]]),
+                         np.concatenate([np.full(size, counter(STREAM_EXAMPLE, 0)), counter(STREAM_UNIT, local)]))
+        example_bits, unit_bits = bits[:size], bits[size:]
+        budgets = token_budgets(batch, opts, example_bits)
+        order = sort_order(owner, unit_bits >> np.uint64(32))
+        taken = take_within_budget_batch(owner, spans[:, 1] - spans[:, 0], order, budgets, low_uniform(example_bits))
+        actions = draw_actions_from(low_uniform(unit_bits[taken]), opts.mask_token_prob, opts.random_token_prob)
+        input_ids, labels = self.applier.apply(batch, spans[taken], actions)
+        return self.applier.split(batch, input_ids, labels)
 
     def mask(self, example: SegmentedExample, rng: np.random.Generator) -> MaskedExample:
         """Budget, choose units, one action per unit, label every chosen token."""

@@ -3,6 +3,7 @@
 Units are the example's word spans, taken in random order until the token budget is spent
 (:func:`~framework.masking.units.take_within_budget`); every token of a chosen word gets the same 80/10/10
 action, so no word is ever partly masked. Options: :class:`~framework.masking.base.MaskingOptions`.
+``mask_batch`` applies the same rule to a whole batch at once (:mod:`framework.masking.batch`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from framework.data.example import SegmentedExample
+from framework.masking.batch import FlatBatch
 from framework.masking.units import UnitMaskingStrategy, span_lengths, take_within_budget
 
 
@@ -33,3 +35,7 @@ class WholeWordMasking(UnitMaskingStrategy):
         """Random whole words totalling about ``budget`` tokens."""
         spans = choose_words(example.word_spans, budget, rng)
         return spans, np.arange(len(spans))
+
+    def batch_units(self, batch: FlatBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every word of the batch (the vectorised form of :meth:`choose_units`)."""
+        return batch.word_spans, batch.word_owner, batch.word_start

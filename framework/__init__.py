@@ -7,7 +7,7 @@ Data flows one way through the package:
                --(framework.data.corpus)--> train.txt / valid.txt / keywords.txt / stats.json
                --(framework.data.segmented)--> cached token ids + word spans + entity spans
                --(framework.masking.*)--> masked examples
-               --(framework.data.collator)--> padded batches
+               --(framework.batching.*)--> padded or packed batches
                --(framework.training.*)--> DeepSpeed engine, checkpoints, exported model
 """
 

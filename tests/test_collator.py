@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from framework.data.collator import MaskingCollator
+from framework.batching.collator import MaskingCollator
 from framework.data.example import IGNORE_INDEX, SegmentedExample
 from framework.masking import MaskingContext, build_strategy, example_rng
 

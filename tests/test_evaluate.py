@@ -62,7 +62,7 @@ class Oracle(torch.nn.Module):
 
 
 def _collator(dataset, name: str = "wwm", seed: int = 0):  # noqa: ANN001, ANN202
-    from framework.data.collator import MaskingCollator
+    from framework.batching.collator import MaskingCollator
     from framework.masking.base import MaskingContext
     from framework.masking.registry import build_strategy
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from framework.data.collator import MaskingCollator
+from framework.batching.collator import MaskingCollator
 from framework.data.example import IGNORE_INDEX
 from framework.masking import MaskingContext, build_strategy
 from framework.training.masked_lm import BertForMaskedLMAtLabels

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from framework.data.collator import MaskingCollator
+from framework.batching.collator import MaskingCollator
 from framework.data.example import IGNORE_INDEX, MaskedExample, SegmentedExample
 from framework.masking import MaskingContext, build_strategy, example_rng
 from framework.masking.batch import (

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.data.collator import MaskingCollator
+from framework.batching.collator import MaskingCollator
 from framework.data.example import IGNORE_INDEX
 from framework.masking import MaskingConfigError, MaskingContext, available_strategies, build_strategy
 

@@ -64,7 +64,7 @@ def test_bad_arguments() -> None:
 
 
 def test_loader_over_real_csl_is_resumable_and_leaves_global_rng_alone(csl_segmented) -> None:  # noqa: ANN001
-    from framework.data.collator import MaskingCollator
+    from framework.batching.collator import MaskingCollator
     from framework.masking.base import MaskingContext
     from framework.masking.registry import build_strategy
 
@@ -100,7 +100,7 @@ def test_loader_over_real_csl_is_resumable_and_leaves_global_rng_alone(csl_segme
 
 
 def test_worker_processes_produce_the_same_batches(csl_segmented) -> None:  # noqa: ANN001
-    from framework.data.collator import MaskingCollator
+    from framework.batching.collator import MaskingCollator
     from framework.masking.base import MaskingContext
     from framework.masking.registry import build_strategy
 

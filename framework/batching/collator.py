@@ -1,4 +1,4 @@
-"""Batching: segmented examples -> masked, padded tensors for the model.
+"""Padded batches: segmented examples -> masked, padded tensors for the model (one example a row).
 
 :class:`MaskingCollator` is the ``collate_fn`` of the training ``DataLoader``. It hands the batch to the run's
 strategy with ``(seed, epoch)`` (every example's masks follow from ``(seed, epoch, example.index)``, see

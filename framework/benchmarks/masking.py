@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
-    from framework.data.collator import MaskingCollator
+    from framework.batching.collator import MaskingCollator
     from framework.masking import MaskingContext, build_strategy
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]

@@ -2,7 +2,7 @@
 
 :func:`evaluate` runs the pieces training runs, not copies of them: the sentences go through the segmented
 cache (:func:`~framework.data.segmented.build_segmented_dataset`), are masked by a registered strategy
-(``strategy.for_evaluation()``, default ``wwm``) through :class:`~framework.data.collator.MaskingCollator`
+(``strategy.for_evaluation()``, default ``wwm``) through :class:`~framework.batching.collator.MaskingCollator`
 and scored by :class:`~framework.training.metrics.MLMMetrics`. Masks follow from ``(seed, epoch 0, sentence
 index)``, so two models with the same tokenizer and seed answer identical questions, and their difference is
 the models'. The entity-cloze probe (:mod:`framework.evaluation.cloze`) runs on the same sentences.
@@ -209,7 +209,7 @@ def evaluate(cfg: EvaluateConfig, items_out: str | Path | None = None) -> dict[s
         "cloze_baseline", "seconds"}``; ``cloze`` maps each group of :data:`cloze.GROUPS` to its summary.
     """
     cfg.validate()
-    from framework.data.collator import MaskingCollator
+    from framework.batching.collator import MaskingCollator
     from framework.masking.base import MaskingContext
     from framework.masking.registry import build_strategy
     from framework.training.masked_lm import BertForMaskedLMAtLabels

@@ -259,7 +259,7 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     data = prepare_data(cfg, rank, output_dir)
     tokenizer, train_set, valid_set = data.tokenizer, data.train_set, data.valid_set
 
-    from framework.data.collator import MaskingCollator
+    from framework.batching.collator import MaskingCollator
     from framework.masking.base import MaskingContext
     from framework.masking.registry import build_strategy
 
@@ -348,7 +348,7 @@ class _Evaluator:
 
     def __init__(self, engine: Any, strategy: Any, dataset: Any, cfg: RunConfig, world_size: int, rank: int,
                  micro: int) -> None:
-        from framework.data.collator import MaskingCollator
+        from framework.batching.collator import MaskingCollator
         from framework.training.metrics import MLMMetrics
 
         subset = _Subset(dataset, cfg.data.max_eval_examples)

@@ -185,3 +185,17 @@ def test_figures_go_to_the_runs_wandb_project_offline(tmp_path: Path, monkeypatc
     assert record["mlm/loss"] == 2.5 and record["mlm/masked_accuracy"] == 0.25 and "note" not in record
     offline = list((run / "evaluation" / "wandb").glob("offline-run-*abc123def456"))
     assert offline, "the evaluation must continue the training run's W&B id"
+
+
+def test_evaluation_questions_are_the_reference_masks(eval_dataset) -> None:  # noqa: ANN001
+    """Evaluation masks come from ``mask()`` with ``example_rng``, not from a faster ``mask_batch``, so scores
+    of models evaluated by different framework versions stay comparable."""
+    from framework.batching.collator import MaskingCollator
+    from framework.masking.base import MaskingContext, example_rng
+    from framework.masking.registry import build_strategy
+
+    strategy = build_strategy("wwm", {}, MaskingContext(eval_dataset.vocab_info)).for_evaluation()
+    examples = [eval_dataset[i] for i in range(40)]
+    got = MaskingCollator(strategy, eval_dataset.vocab_info, seed=3, reference_masks=True).mask(examples)
+    want = [strategy.mask(ex, example_rng(3, 0, ex.index)) for ex in examples]
+    assert all((g.input_ids == w.input_ids).all() and (g.labels == w.labels).all() for g, w in zip(got, want))

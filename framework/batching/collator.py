@@ -37,6 +37,9 @@ class MaskingCollator:
         pad_to_multiple_of: pad the batch's length up to a multiple of this (1 for no rounding).
         max_length: if set, pad every batch to exactly this length (static shapes); an example longer than it
             is an error naming the example, since truncating after masking would drop labels.
+        reference_masks: mask with the strategy's reference path (:meth:`MaskingStrategy.mask_reference`)
+            instead of its fast ``mask_batch``: slower, but the same masks in every framework version, which
+            held-out evaluation needs to compare models scored at different times.
 
     Returns (from ``__call__``): ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` (``int64
     [B, T]``; ``labels`` is ``-100`` where nothing is predicted and at padding) and ``entity_label_mask``
@@ -50,6 +53,7 @@ class MaskingCollator:
         seed: int,
         pad_to_multiple_of: int = 8,
         max_length: int | None = None,
+        reference_masks: bool = False,
     ) -> None:
         if pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of} must be at least 1")
@@ -60,6 +64,7 @@ class MaskingCollator:
         self.seed = int(seed)
         self.pad_to_multiple_of = int(pad_to_multiple_of)
         self.max_length = max_length
+        self.reference_masks = bool(reference_masks)
         # A shared-memory scalar: DataLoader workers receive a pickled copy of the collator, and a plain int
         # would freeze at the value it had when the workers started.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -75,6 +80,8 @@ class MaskingCollator:
 
     def mask(self, examples: Sequence[SegmentedExample]) -> list[MaskedExample]:
         """The strategy's masked examples for the current epoch, before padding."""
+        if self.reference_masks:
+            return self.strategy.mask_reference(examples, self.seed, self.epoch)
         return self.strategy.mask_batch(examples, self.seed, self.epoch)
 
     def __call__(self, examples: Sequence[SegmentedExample]) -> dict[str, torch.Tensor]:

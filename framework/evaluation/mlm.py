@@ -2,7 +2,7 @@
 
 :func:`evaluate` runs the pieces training runs, not copies of them: the sentences go through the segmented
 cache (:func:`~framework.data.segmented.build_segmented_dataset`), are masked by a registered strategy
-(``strategy.for_evaluation()``, default ``wwm``) through :class:`~framework.batching.collator.MaskingCollator`
+(``strategy.for_evaluation()``, default ``wwm``, its reference masks) through :class:`~framework.batching.collator.MaskingCollator`
 and scored by :class:`~framework.training.metrics.MLMMetrics`. Masks follow from ``(seed, epoch 0, sentence
 index)``, so two models with the same tokenizer and seed answer identical questions, and their difference is
 the models'. The entity-cloze probe (:mod:`framework.evaluation.cloze`) runs on the same sentences.
@@ -230,7 +230,8 @@ def evaluate(cfg: EvaluateConfig, items_out: str | Path | None = None) -> dict[s
 
     strategy = build_strategy(cfg.masking, cfg.masking_args,
                               MaskingContext(dataset.vocab_info, dataset.dataset.entity_table())).for_evaluation()
-    collator = MaskingCollator(strategy, dataset.vocab_info, seed=cfg.seed)
+    # Reference masks: the questions stay the same when a later version makes mask_batch faster.
+    collator = MaskingCollator(strategy, dataset.vocab_info, seed=cfg.seed, reference_masks=True)
     collator.set_epoch(0)
     try:
         model = BertForMaskedLMAtLabels.from_pretrained(cfg.model)

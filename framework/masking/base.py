@@ -175,6 +175,14 @@ class MaskingStrategy(ABC):
         implements :meth:`mask` works unchanged. Override to vectorise over the batch (see the module
         docstring); the result must not depend on the batch an example is in, nor on its position there.
         """
+        return self.mask_reference(examples, seed, epoch)
+
+    def mask_reference(self, examples: Sequence[SegmentedExample], seed: int, epoch: int) -> list[MaskedExample]:
+        """The reference masks: :meth:`mask` with :func:`example_rng` for each example, whatever ``mask_batch`` does.
+
+        Evaluation uses these: a faster ``mask_batch`` draws other (statistically equal) masks, and evaluation
+        questions must stay the same across framework versions for scores to remain comparable.
+        """
         return [self.mask(ex, example_rng(seed, epoch, ex.index)) for ex in examples]
 
     @property

@@ -61,8 +61,14 @@ def test_same_mask_whatever_the_batch_it_lands_in(csl_segmented, context: Maskin
     alone = collator([examples[17]])
     n = int(alone["attention_mask"].sum())
     assert torch.equal(together["input_ids"][17, :n], alone["input_ids"][0, :n])
-    expected = build_strategy("wwm", None, context).mask(examples[17], example_rng(11, 0, examples[17].index))
+    # The collator masks with the strategy's (vectorised) mask_batch: the same labels as masking the example alone.
+    expected = build_strategy("wwm", None, context).mask_batch([examples[17]], 11, 0)[0]
     assert np.array_equal(alone["labels"][0, :n].numpy(), expected.labels)
+    # With reference_masks it is the one-example-at-a-time reference path instead.
+    reference = MaskingCollator(build_strategy("wwm", None, context), csl_segmented.vocab_info, seed=11,
+                                reference_masks=True)([examples[17]])
+    expected = build_strategy("wwm", None, context).mask(examples[17], example_rng(11, 0, examples[17].index))
+    assert np.array_equal(reference["labels"][0, :n].numpy(), expected.labels)
 
 
 def test_epochs_differ_and_seeds_reproduce(csl_segmented, context: MaskingContext) -> None:  # noqa: ANN001

@@ -622,6 +622,7 @@ def write_report(cfg: StudyConfig, command: str) -> Path:
               "masks for every model), then fine-tuning: " + ", ".join(f"`{s.task}`" for s in cfg.finetune) + ".",
               f"- Machine: {platform.platform()}, {os.cpu_count()} CPU cores visible, Python {platform.python_version()}.",
               ""]
+    lines += _sweep_section(Path(cfg.results_dir) / "lr_sweep.json")
     lines += ["## Results", "", "Mean ± standard deviation over pretraining seeds (n = seeds finished). The "
               "baseline column is the unigram model (MLM and probe: predict from corpus token frequencies) or the "
               "majority class (fine-tuning).", ""]
@@ -669,6 +670,25 @@ def write_report(cfg: StudyConfig, command: str) -> Path:
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
+
+
+def _sweep_section(path: Path) -> list[str]:
+    """The preset's learning-rate sweep (``results_dir/lr_sweep.json``), when one was recorded."""
+    if not path.is_file():
+        return []
+    sweep = json.loads(path.read_text(encoding="utf-8"))
+    rates = list(sweep["runs"])
+    steps = sorted({r["step"] for runs in sweep["runs"].values() for r in runs})
+    lines = ["## Choosing the preset", "", f"{sweep['what']}. Command: `{sweep['command']}`. {sweep.get('note', '')}",
+             "", "Validation masked accuracy (loss) by step and peak learning rate:", "",
+             "| step | " + " | ".join(f"lr {r}" for r in rates) + " |", "|---|" + "---|" * len(rates)]
+    for step in steps:
+        cells = []
+        for rate in rates:
+            rec = next((r for r in sweep["runs"][rate] if r["step"] == step), None)
+            cells.append(f"{rec['masked_accuracy']:.3f} ({rec['valid_loss']:.2f})" if rec else "-")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return lines + [""] + [sweep.get("conclusion", "")] + [""]
 
 
 def _above_baseline(cfg: StudyConfig, results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, tuple[int, int]]:

@@ -554,7 +554,7 @@ def finetune(cfg: FinetuneConfig, prepared: PreparedTask | None = None) -> dict[
         if cfg.output_dir:
             out = Path(cfg.output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            from framework.evaluation.output import json_safe
+            from framework.jsonsafe import json_safe
 
             (out / "finetune_result.json").write_text(
                 json.dumps(json_safe(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
 
+from framework.jsonsafe import json_safe
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,21 +58,6 @@ def _width(text: str) -> int:
 
 def _pad(text: str, width: int) -> str:
     return text + " " * (width - _width(text))
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as ``None`` and tuples as lists, so ``json.dumps`` stays strict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return json_safe(value.item())
-    return value
 
 
 def emit(result: dict[str, Any], tables: Iterable[tuple[str, Sequence[dict[str, Any]]]], as_json: bool,

@@ -36,6 +36,7 @@ from typing import Any, Iterable
 import yaml
 
 from framework.data.atomic import atomic_text_file
+from framework.jsonsafe import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def record_results(model_dir: str | Path, key: str, result: dict[str, Any]) -> P
     if not isinstance(results, dict):
         raise ValueError(f"{model_dir / EVAL_RESULTS}: expected a JSON object of results by key, got "
                          f"{type(results).__name__}; move the file aside and record again")
-    results[key.strip()] = _json_safe(result)
+    results[key.strip()] = json_safe(result)
     _write_json(model_dir / EVAL_RESULTS, results, sort_keys=False)  # a result's own order is its table's order
     return render_to_folder(model_dir)
 
@@ -509,7 +510,7 @@ def _strategy_description(strategy: Any) -> dict[str, Any]:
     """``{"name", "args"}`` of a built strategy, its options resolved (defaults filled in)."""
     try:
         described = strategy.describe()
-        return {"name": described.get("name"), "args": _json_safe(described.get("args") or {})}
+        return {"name": described.get("name"), "args": json_safe(described.get("args") or {})}
     except Exception as err:  # noqa: BLE001 - a third-party strategy's describe() must not fail an export
         logger.warning("masking strategy describe() failed (%s); the card lists no options", err)
         return {"args": None}
@@ -527,10 +528,10 @@ def _resolve_masking(masking: dict[str, Any]) -> dict[str, Any]:
 
         cls = resolve_strategy(name)
         options = build_options(cls.Options, getattr(cls, "name", None) or name, dict(args))
-        return {"name": name, "args": _json_safe(dataclasses.asdict(options)), "resolved": True}
+        return {"name": name, "args": json_safe(dataclasses.asdict(options)), "resolved": True}
     except Exception as err:  # noqa: BLE001 - e.g. a plugin strategy not importable where we export
         logger.info("masking strategy %r cannot be resolved here (%s); the card lists its options as given", name, err)
-        return {"name": name, "args": _json_safe(args), "resolved": False}
+        return {"name": name, "args": json_safe(args), "resolved": False}
 
 
 def _segmented_meta(data_dir: Path, data_cfg: dict[str, Any], model: dict[str, Any],
@@ -600,7 +601,7 @@ def _validation(metrics: dict[str, Any] | None, step: int | None) -> dict[str, A
     if not metrics:
         return None
     kept = {k: v for k, v in metrics.items() if not k.endswith("_time_s")}
-    return {"step": step, "metrics": _json_safe(kept)}
+    return {"step": step, "metrics": json_safe(kept)}
 
 
 def _weights_facts(model_dir: Path) -> dict[str, Any]:
@@ -647,21 +648,6 @@ def _int_or_none(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` as strict JSON: non-finite floats as ``None``, tuples and paths as lists and strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return _json_safe(value.item())
-    return value
 
 
 def _read_json(path: Path) -> Any:

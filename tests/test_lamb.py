@@ -270,3 +270,123 @@ def test_matches_deepspeed_fused_lamb_on_cuda() -> None:
         np.testing.assert_allclose(opt_ours.get_lamb_coeffs(), opt_theirs.get_lamb_coeffs(), rtol=1e-4)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The foreach (multi-tensor) step against the per-tensor loop and the reference rule
+
+
+def run_both(make_params, grads_for, steps: int, groups=None, **options):  # noqa: ANN001, ANN201
+    """Run the foreach and the per-tensor Lamb on identical copies; return (params, ratios) of each."""
+    out = []
+    for foreach in (True, False):
+        params = make_params()
+        param_groups = groups(params) if groups is not None else params
+        opt = Lamb(param_groups, foreach=foreach, **options)
+        ratios = []
+        for t in range(steps):
+            for i, p in enumerate(params):
+                g = grads_for(t, i, p)
+                p.grad = None if g is None else g.to(p.dtype)
+            opt.step()
+            ratios.append(opt.get_lamb_coeffs())
+        out.append(([p.detach().clone() for p in params], ratios))
+    return out
+
+
+def test_foreach_is_the_default() -> None:
+    assert Lamb([torch.nn.Parameter(torch.ones(2))]).foreach is True
+
+
+@pytest.mark.parametrize("eps_inside_sqrt", [False, True])
+def test_foreach_matches_the_per_tensor_loop_bit_for_bit(eps_inside_sqrt: bool) -> None:
+    # Mixed dtypes in one group, a weight-decay and a no-decay group, gradients missing at some steps (so step
+    # counts, hence bias corrections, differ between tensors of a bucket).
+    shapes = [(9, 7), (7,), (4, 3, 2), (5,), (6, 6), (3,)]
+    dtypes = [torch.float32, torch.bfloat16, torch.float32, torch.float16, torch.bfloat16, torch.float32]
+
+    def make_params() -> list[torch.nn.Parameter]:
+        g = torch.Generator().manual_seed(7)
+        return [torch.nn.Parameter(torch.randn(s, generator=g).to(d)) for s, d in zip(shapes, dtypes)]
+
+    def grads_for(t: int, i: int, p: torch.Tensor) -> torch.Tensor | None:
+        if (t + i) % 4 == 3:
+            return None
+        return torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * t + i)) * 0.1
+
+    def groups(params: list[torch.nn.Parameter]) -> list[dict]:
+        return [{"params": params[:3]}, {"params": params[3:], "weight_decay": 0.0}]
+
+    (fe, fe_ratios), (loop, loop_ratios) = run_both(make_params, grads_for, 7, groups, lr=0.01, weight_decay=0.1,
+                                                    eps_inside_sqrt=eps_inside_sqrt)
+    for a, b in zip(fe, loop):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert fe_ratios == loop_ratios
+    # get_lamb_coeffs lists the updated tensors in parameter order, skipping those without a gradient this step.
+    assert [len(r) for r in fe_ratios] == [sum((t + i) % 4 != 3 for i in range(6)) for t in range(7)]
+
+
+def test_foreach_with_lagging_steps_follows_the_reference_per_tensor() -> None:
+    # A tensor that had no gradient at some steps continues its own bias-correction count (as FusedLamb does).
+    weights, grads = random_problem(11, [(6, 4), (4,)], steps=6)
+    present = [[True] * 6, [t % 2 == 0 for t in range(6)]]
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in weights]
+    opt = Lamb(params, lr=0.02, weight_decay=0.01)
+    for t in range(6):
+        for i, p in enumerate(params):
+            p.grad = torch.tensor(grads[t][i]) if present[i][t] else None
+        opt.step()
+    common = dict(lr=0.02, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, max_ratio=10.0, min_ratio=0.01)
+    for i, p in enumerate(params):
+        own = [[grads[t][i]] for t in range(6) if present[i][t]]
+        want, _ = reference_lamb([weights[i]], own, **common)
+        np.testing.assert_allclose(p.detach().numpy(), want[0], rtol=1e-5, atol=1e-6)
+
+
+def test_foreach_chunks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import framework.training.lamb as lamb_module
+
+    weights, grads = random_problem(12, [(10, 10), (10,), (30,), (5, 5)], steps=3)
+    whole, whole_ratios, _ = run_lamb(weights, grads, lr=0.01)
+    for budget in ("FOREACH_CHUNK_ELEMENTS", "CPU_FOREACH_CHUNK_ELEMENTS"):
+        monkeypatch.setattr(lamb_module, budget, 40)  # one tensor per call, the 100-element one alone
+    chunked, chunked_ratios, _ = run_lamb(weights, grads, lr=0.01)
+    tensors = [torch.zeros(s) for s in [(10, 10), (10,), (30,), (5, 5)]]
+    calls = lamb_module._foreach_chunks(tensors, [0, 1, 2, 3])
+    assert [[i for _, i in call] for call in calls] == [[0], [1, 2], [3]]  # 100 alone; 10 + 30 fit in 40
+    for a, b in zip(whole, chunked):
+        assert torch.equal(a, b)
+    assert whole_ratios == chunked_ratios
+    want, want_ratios = reference_lamb(weights, grads, lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+                                       max_ratio=10.0, min_ratio=0.01)
+    np.testing.assert_allclose(np.array(chunked_ratios), np.array(want_ratios), rtol=1e-5)
+
+
+def test_state_dict_moves_between_foreach_and_per_tensor() -> None:
+    weights, grads = random_problem(13, [(5, 3), (3,)], steps=6)
+    straight, _, _ = run_lamb(weights, grads, lr=0.01)
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in weights]
+    opt = Lamb(params, lr=0.01, foreach=False)
+    for step_grads in grads[:3]:
+        for p, g in zip(params, step_grads):
+            p.grad = torch.tensor(g)
+        opt.step()
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = Lamb(resumed, lr=0.01, foreach=True)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for step_grads in grads[3:]:
+        for p, g in zip(resumed, step_grads):
+            p.grad = torch.tensor(g)
+        opt2.step()
+    for a, b in zip(resumed, straight):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
+
+
+def test_foreach_step_of_an_empty_or_gradless_group_is_a_no_op() -> None:
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = Lamb([{"params": [a]}, {"params": [b], "weight_decay": 0.0}], lr=0.1)
+    opt.step()
+    assert opt.get_lamb_coeffs() == [] and not opt.state
+    b.grad = torch.ones(2)
+    opt.step()
+    assert len(opt.get_lamb_coeffs()) == 1 and torch.equal(a.detach(), torch.ones(3))

@@ -26,6 +26,14 @@ optimizer for fp16 and bf16 in ``FP16_UnfusedOptimizer``, which keeps one fp32 m
 the ratio stays layer-wise. ZeRO stages 1-2 hand the optimizer one flat fp32 partition per parameter group and
 rank instead, which turns LAMB into one trust ratio per partition, for ``FusedLamb`` as for this class (see
 ``docs/configs.md``).
+
+The step runs on ``torch._foreach_*`` multi-tensor ops by default: the tensors of a parameter group are bucketed
+by device and dtype, each bucket is updated with a handful of multi-tensor kernels (one launch for many tensors on
+CUDA), and the per-tensor trust ratios come from ``torch._foreach_norm`` as one vector. Nothing in the step reads
+a value back to the host, so ``step()`` never waits for the accelerator; :meth:`Lamb.get_lamb_coeffs` does, and
+only when called. ``foreach=False`` keeps the plain per-tensor loop (the reference the foreach path is tested
+against, and the "before" of ``framework/benchmarks/hot_path.py``); both perform the same operations in the same
+order, so on CPU they agree bit for bit.
 """
 
 from __future__ import annotations
@@ -38,6 +46,16 @@ import torch
 from torch.optim import Optimizer
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+
+# Elements per multi-tensor call. The foreach path materialises the denominator and the update of every tensor of a
+# call at once (8 bytes per element in fp32). On an accelerator, 2**25 elements keep that transient under 256 MB
+# (BERT-base has 110M parameters: unchunked it would be 0.9 GB on top of the optimizer state) while still covering
+# dozens of tensors per launch. On CPU, where a foreach op is a loop over its tensors anyway, one call over all of
+# BERT-small's 5.4M parameters ran 1.6x slower than the per-tensor loop (each pass streamed every intermediate
+# through memory), and calls of 2**18 elements (intermediates that stay in cache) ran as fast as the loop
+# (docs/benchmarks.md, "Hot path"). A tensor larger than the cap gets a call of its own.
+FOREACH_CHUNK_ELEMENTS = 2**25
+CPU_FOREACH_CHUNK_ELEMENTS = 2**18
 
 
 class Lamb(Optimizer):
@@ -54,6 +72,7 @@ class Lamb(Optimizer):
         bias_correction: fold Adam's bias correction into the step size, as ``FusedLamb`` does.
         min_trust_ratio: lower clamp of the trust ratio (DeepSpeed's ``min_coeff``).
         eps_inside_sqrt: use ``sqrt(v + eps)`` as denominator (``FusedLamb``'s ``eps_inside_sqrt``).
+        foreach: update with ``torch._foreach_*`` multi-tensor ops (the default); ``False`` loops over tensors.
 
     Moments are kept in fp32 whatever the parameter dtype, and the update is computed in fp32, so bf16 or
     fp16 parameters are supported; the new value is rounded once when written back.
@@ -70,6 +89,7 @@ class Lamb(Optimizer):
         bias_correction: bool = True,
         min_trust_ratio: float = 0.01,
         eps_inside_sqrt: bool = False,
+        foreach: bool = True,
     ) -> None:
         _check_options(lr, betas, eps, weight_decay, max_trust_ratio, min_trust_ratio)
         defaults = dict(
@@ -88,9 +108,10 @@ class Lamb(Optimizer):
                 group["lr"], group["betas"], group["eps"], group["weight_decay"],
                 group["max_trust_ratio"], group["min_trust_ratio"],
             )
-        # One 0-dim tensor per updated parameter of the last step; read lazily so that step() never forces a
-        # device synchronisation.
-        self._last_trust_ratios: list[torch.Tensor] = []
+        self.foreach = bool(foreach)
+        # The trust ratios of the last step as (positions among the updated tensors, 1-D tensor of ratios) pairs,
+        # kept on the device and read only by get_lamb_coeffs(), so that step() never forces a synchronisation.
+        self._last_trust_ratios: list[tuple[list[int], torch.Tensor]] = []
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -101,8 +122,10 @@ class Lamb(Optimizer):
                 loss = closure()
 
         self._last_trust_ratios = []
+        position = 0  # index of the next updated tensor, in group-then-parameter order (get_lamb_coeffs' order)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            updated = []
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -114,8 +137,70 @@ class Lamb(Optimizer):
                     state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32)
                     state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32)
                 state["step"] += 1
-                self._last_trust_ratios.append(self._update_param(param, state, group, beta1, beta2))
+                updated.append(param)
+            positions = list(range(position, position + len(updated)))
+            position += len(updated)
+            if self.foreach:
+                for chunk in _foreach_chunks(updated, positions):
+                    ratios = self._update_chunk([p for p, _ in chunk], group, beta1, beta2)
+                    self._last_trust_ratios.append(([i for _, i in chunk], ratios))
+            else:
+                for param, i in zip(updated, positions):
+                    ratio = self._update_param(param, self.state[param], group, beta1, beta2)
+                    self._last_trust_ratios.append(([i], ratio.reshape(1)))
         return loss
+
+    def _update_chunk(
+        self, params: list[torch.Tensor], group: dict[str, Any], beta1: float, beta2: float
+    ) -> torch.Tensor:
+        """Apply the LAMB update in place to tensors of one device and dtype; return their trust ratios (1-D).
+
+        The operations and their order are those of :meth:`_update_param`, one multi-tensor call per line.
+        """
+        states = [self.state[p] for p in params]
+        grads = [p.grad.float() for p in params]  # the gradients themselves when fp32 (no copy)
+        weights = [p.float() for p in params]  # the parameters themselves when fp32, fp32 copies otherwise
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        if group["eps_inside_sqrt"]:
+            denoms = torch._foreach_add(exp_avg_sqs, group["eps"])
+            torch._foreach_sqrt_(denoms)
+        else:
+            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denoms, group["eps"])
+        updates = torch._foreach_div(exp_avgs, denoms)
+        del denoms
+        if group["weight_decay"] != 0.0:
+            torch._foreach_add_(updates, weights, alpha=group["weight_decay"])
+
+        weight_norms = torch.stack(torch._foreach_norm(weights))
+        update_norms = torch.stack(torch._foreach_norm(updates))
+        # See _update_param for the zero-norm rule; here it is one vectorised where() for the whole chunk.
+        ratios = torch.where(
+            (weight_norms > 0) & (update_norms > 0),
+            (weight_norms / update_norms).clamp(group["min_trust_ratio"], group["max_trust_ratio"]),
+            torch.ones_like(weight_norms),
+        )
+
+        # Step sizes are host arithmetic on the host-side step counts: no device value is read.
+        sizes = [_step_size(group, beta1, beta2, s["step"]) for s in states]
+        if all(size == sizes[0] for size in sizes):
+            scales = list((ratios * sizes[0]).unbind())
+        else:  # tensors that missed steps (no gradient then) lag behind in bias correction
+            scales = torch._foreach_mul(list(ratios.unbind()), sizes)
+        torch._foreach_mul_(updates, scales)
+
+        if params[0].dtype == torch.float32:
+            torch._foreach_sub_(params, updates)
+        else:
+            torch._foreach_sub_(weights, updates)
+            torch._foreach_copy_(params, weights)
+        return ratios
 
     def _update_param(
         self, param: torch.Tensor, state: dict[str, Any], group: dict[str, Any], beta1: float, beta2: float
@@ -145,11 +230,7 @@ class Lamb(Optimizer):
             torch.ones_like(weight_norm),
         )
 
-        step_size = group["lr"]
-        if group["bias_correction"]:
-            step = state["step"]
-            step_size = group["lr"] * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-
+        step_size = _step_size(group, beta1, beta2, state["step"])
         if param.dtype == torch.float32:
             param.sub_(update.mul_(ratio * step_size))
         else:
@@ -157,8 +238,41 @@ class Lamb(Optimizer):
         return ratio
 
     def get_lamb_coeffs(self) -> list[float]:
-        """Trust ratios applied in the last step, one per updated tensor (as ``FusedLamb.get_lamb_coeffs``)."""
-        return [float(r) for r in self._last_trust_ratios]
+        """Trust ratios applied in the last step, one per updated tensor (as ``FusedLamb.get_lamb_coeffs``).
+
+        The order is that of the parameter groups and their parameters, skipping tensors without a gradient.
+        Reading them synchronises with the device (one transfer per bucket); :meth:`step` itself never does.
+        """
+        coeffs = [0.0] * sum(len(positions) for positions, _ in self._last_trust_ratios)
+        for positions, ratios in self._last_trust_ratios:
+            for i, value in zip(positions, ratios.tolist()):
+                coeffs[i] = value
+        return coeffs
+
+
+def _step_size(group: dict[str, Any], beta1: float, beta2: float, step: int) -> float:
+    """``lr``, times FusedLamb's folded bias correction ``sqrt(1 - beta2**t) / (1 - beta1**t)`` when enabled."""
+    if group["bias_correction"]:
+        return group["lr"] * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+    return group["lr"]
+
+
+def _foreach_chunks(params: list[torch.Tensor], positions: list[int]) -> list[list[tuple[torch.Tensor, int]]]:
+    """``(param, position)`` pairs split into multi-tensor calls: one device and dtype each, at most
+    :data:`FOREACH_CHUNK_ELEMENTS` elements each (:data:`CPU_FOREACH_CHUNK_ELEMENTS` on CPU; a bigger tensor
+    alone), parameter order kept within a bucket."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[list[tuple[torch.Tensor, int]]]] = {}
+    sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+    for param, i in zip(params, positions):
+        key = (param.device, param.dtype)
+        budget = CPU_FOREACH_CHUNK_ELEMENTS if param.device.type == "cpu" else FOREACH_CHUNK_ELEMENTS
+        chunks = buckets.setdefault(key, [[]])
+        if chunks[-1] and sizes[key] + param.numel() > budget:
+            chunks.append([])
+            sizes[key] = 0
+        chunks[-1].append((param, i))
+        sizes[key] = sizes.get(key, 0) + param.numel()
+    return [chunk for chunks in buckets.values() for chunk in chunks]
 
 
 def _check_options(

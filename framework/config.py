@@ -124,6 +124,8 @@ class TrainingConfig:
             overrides of the DeepSpeed config.
         log_every: optimiser steps between training log records.
         eval_every: optimiser steps between evaluations (0: only at the end).
+        compile: ``torch.compile`` the model through DeepSpeed's ``engine.compile()`` (same weights, checkpoints
+            and export; the first steps include compilation).
     """
 
     deepspeed_config: str | None = None
@@ -138,6 +140,7 @@ class TrainingConfig:
     gradient_clipping: float | None = None
     log_every: int = 10
     eval_every: int = 200
+    compile: bool = False
 
 
 @dataclass
@@ -360,6 +363,7 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--grad-clip": ("training.gradient_clipping", float, "gradient-norm clipping threshold"),
     "--log-every": ("training.log_every", int, "steps between training log records (default 10)"),
     "--eval-every": ("training.eval_every", int, "steps between evaluations, 0 for only at the end (default 200)"),
+    "--compile": ("training.compile", "true", "torch.compile the model via DeepSpeed's engine.compile() (default off)"),
     "--output-dir": ("checkpoint.output_dir", str, "output folder (default runs/demo)"),
     "--save-every": ("checkpoint.save_every", int, "steps between checkpoints, 0 for only at the end (default 500)"),
     "--keep-last": ("checkpoint.keep_last", int, "complete checkpoints to keep (default 3)"),
@@ -382,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="run.yaml with sections data/model/masking/training/checkpoint/report")
     for flag, (dotted, kind, help_text) in _FLAGS.items():
-        if kind == "false":
-            parser.add_argument(flag, dest=dotted, action="store_false", default=argparse.SUPPRESS,
+        if kind in ("true", "false"):
+            parser.add_argument(flag, dest=dotted, action=f"store_{kind}", default=argparse.SUPPRESS,
                                 help=f"{help_text} [{dotted}]")
         else:
             metavar = "JSON" if kind == "mapping" else flag.lstrip("-").split("-")[-1].upper()

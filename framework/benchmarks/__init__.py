@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "segmentation": "framework.benchmarks.segmentation",
     "preprocess": "framework.benchmarks.preprocess",
     "mlm-head": "framework.benchmarks.mlm_head",
+    "hot-path": "framework.benchmarks.hot_path",
 }
 """Subcommand name -> module implementing it (see the module docstring for what a module provides)."""
 

@@ -9,7 +9,9 @@ Two ways in:
   tests and smoke runs.
 
 Either way, when the tokenizer has more tokens than the embedding table (a vocabulary extended with domain
-terms), the embeddings are resized so every id has a row.
+terms), the embeddings are resized so every id has a row, and attention runs on PyTorch's
+``scaled_dot_product_attention`` (``attn_implementation="sdpa"``, fused kernels on GPU) wherever the installed
+transformers supports it for BERT; the implementation in use is logged once with the model.
 """
 
 from __future__ import annotations
@@ -49,12 +51,30 @@ def load_tokenizer(name_or_path: str | Path):  # noqa: ANN201 - a transformers B
         ) from exc
 
 
-def bert_config(spec: str, vocab_size: int, pad_token_id: int):  # noqa: ANN201 - transformers.BertConfig
-    """The ``BertConfig`` of a preset name or a ``config.json`` path, sized for the tokenizer."""
+def attention_implementation() -> str | None:
+    """``"sdpa"`` when the installed transformers' BERT supports it, else ``None`` (transformers then chooses).
+
+    transformers 5 already defaults to SDPA for BERT; asking for it explicitly keeps it so for a pretrained
+    checkpoint whose config names another implementation, and fails loudly rather than falling back silently
+    should a version stop supporting it for BERT.
+    """
+    from transformers import BertForMaskedLM
+
+    return "sdpa" if getattr(BertForMaskedLM, "_supports_sdpa", False) else None
+
+
+def bert_config(spec: str, vocab_size: int, pad_token_id: int,  # noqa: ANN201 - transformers.BertConfig
+                attn_implementation: str | None = None):
+    """The ``BertConfig`` of a preset name or a ``config.json`` path, sized for the tokenizer.
+
+    ``attn_implementation`` (``"sdpa"``, ``"eager"``...) is a runtime choice: transformers does not write it into
+    a saved ``config.json``, so an export is the same either way.
+    """
     from transformers import BertConfig
 
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if spec in PRESETS:
-        return BertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, **PRESETS[spec])
+        return BertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, **PRESETS[spec], **extra)
     path = Path(spec)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -64,7 +84,7 @@ def bert_config(spec: str, vocab_size: int, pad_token_id: int):  # noqa: ANN201 
         raise ConfigError(f"{path}: model_type={values['model_type']!r}; this framework trains BERT-architecture models")
     values["vocab_size"] = max(int(values.get("vocab_size", 0)), vocab_size)
     values.setdefault("pad_token_id", pad_token_id)
-    return BertConfig(**values)
+    return BertConfig(**{**values, **extra})
 
 
 def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN201 - tokenizer, BertForMaskedLM
@@ -81,9 +101,11 @@ def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN
     from framework.training.masked_lm import BertForMaskedLMAtLabels as BertForMaskedLM
 
     torch.manual_seed(seed)
+    attention = attention_implementation()
     if config.name_or_path:
         try:
-            model = BertForMaskedLM.from_pretrained(config.name_or_path)
+            model = BertForMaskedLM.from_pretrained(config.name_or_path,
+                                                    **({"attn_implementation": attention} if attention else {}))
         except (OSError, ValueError) as exc:
             raise FileNotFoundError(
                 f"cannot load a BERT checkpoint from {config.name_or_path}: give --model a folder with config.json "
@@ -91,7 +113,8 @@ def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN
             ) from exc
         source = f"pretrained {config.name_or_path}"
     else:
-        model = BertForMaskedLM(bert_config(config.config or "tiny", len(tokenizer), tokenizer.pad_token_id))
+        model = BertForMaskedLM(bert_config(config.config or "tiny", len(tokenizer), tokenizer.pad_token_id,
+                                            attn_implementation=attention))
         source = f"from scratch ({config.config or 'tiny'})"
     embeddings = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > embeddings:
@@ -100,5 +123,6 @@ def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN
         logger.info("resized token embeddings from %d to %d rows for a %d-token tokenizer",
                     embeddings, model.get_input_embeddings().num_embeddings, len(tokenizer))
     params = sum(p.numel() for p in model.parameters())
-    logger.info("model: BertForMaskedLM %s, %.1fM parameters, vocabulary %d", source, params / 1e6, len(tokenizer))
+    logger.info("model: BertForMaskedLM %s, %.1fM parameters, vocabulary %d, attention %s", source, params / 1e6,
+                len(tokenizer), model.config._attn_implementation)
     return model

@@ -376,7 +376,14 @@ class _Evaluator:
 
 
 class _Loop:
-    """The optimisation loop over epochs and micro-batches, with logging, evaluation and checkpoints."""
+    """The optimisation loop over epochs and micro-batches, with logging, evaluation and checkpoints.
+
+    The per-micro-batch path never reads a device value on the host: the loss is summed into a 0-dim float64
+    tensor on the device and read once per log record (:meth:`_log_train`), sample and token counts come from the
+    batch's CPU tensors, and inputs are copied with ``non_blocking=True``. So on a GPU the host keeps queueing work
+    while the device computes; what still synchronises inside the engine is listed in docs/benchmarks.md
+    ("Hot path").
+    """
 
     def __init__(self, cfg: RunConfig, engine: Any, total_steps: int, state: TrainState,
                  sampler: ResumableDistributedSampler, collator: Any, loader: Any, evaluator: _Evaluator | None,
@@ -387,8 +394,22 @@ class _Loop:
         self.result = RunResult(output_dir=Path(cfg.checkpoint.output_dir), steps=state.step)
         self._reset_window()
 
+    @staticmethod
+    def _host_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """``(samples, non-padding tokens)`` of a micro-batch, read from its host-side tensors.
+
+        ``Tensor.numpy()`` refuses a device tensor, so this count can never wait on an accelerator: called on the
+        batch as the loader made it (before ``.to(device)``), it is plain CPU arithmetic.
+        """
+        mask = batch["attention_mask"]
+        return int(mask.shape[0]), int(mask.numpy().sum())
+
     def _reset_window(self) -> None:
-        self.window = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0, "steps": 0}
+        """Start a new log window: empty sums, the clock restarted."""
+        # float64, added to in micro-batch order: the same sum, bit for bit, as adding the float32 losses as Python
+        # floats one at a time, which is what the loop did when it read every loss with .item().
+        self.window_loss = torch.zeros((), dtype=torch.float64, device=self.engine.device)
+        self.window = {"micro": 0, "tokens": 0, "samples": 0, "steps": 0}
         self.window_start = time.perf_counter()
 
     def run(self) -> RunResult:
@@ -406,16 +427,19 @@ class _Loop:
             self.sampler.set_epoch(state.epoch, start=state.epoch_position)
             self.collator.set_epoch(state.epoch)
             for batch in self.loader:
-                inputs = {k: batch[k].to(engine.device) for k in MODEL_INPUTS}
+                # Asynchronous from the pinned memory build_loader uses on CUDA; a plain copy otherwise. The batch
+                # keeps the host tensors alive until the next iteration, after the copy has been queued.
+                inputs = {k: batch[k].to(engine.device, non_blocking=True) for k in MODEL_INPUTS}
                 loss = engine(**inputs).loss
                 engine.backward(loss)
                 engine.step()
-                state.epoch_position += int(batch["input_ids"].shape[0])
-                state.tokens_seen += int(batch["attention_mask"].sum())  # a CPU tensor: no device sync
-                self.window["loss"] += float(loss.detach().float().item())
+                samples, tokens = self._host_counts(batch)
+                state.epoch_position += samples
+                state.tokens_seen += tokens
+                self.window_loss.add_(loss.detach().to(torch.float64))  # stays on the device until a log step
                 self.window["micro"] += 1
-                self.window["tokens"] += int(batch["attention_mask"].sum())
-                self.window["samples"] += int(batch["input_ids"].shape[0])
+                self.window["tokens"] += tokens
+                self.window["samples"] += samples
                 if engine.global_steps == state.step:
                     continue  # still accumulating
                 state.step = int(engine.global_steps)
@@ -443,9 +467,13 @@ class _Loop:
         return self.result
 
     def _log_train(self, bar: Any) -> None:
+        """Write the window's training record (mean loss over its micro-batches, rates, lr...) and start a new one.
+
+        The one place of the training path that reads device values: the loss sum, once per window.
+        """
         engine, w = self.engine, self.window
-        loss_sum, micro, tokens, samples = all_reduce_sum([w["loss"], w["micro"], w["tokens"], w["samples"]],
-                                                           engine.device)
+        loss_sum, micro, tokens, samples = all_reduce_sum(
+            [self.window_loss.item(), w["micro"], w["tokens"], w["samples"]], engine.device)
         seconds = max(time.perf_counter() - self.window_start, 1e-9)
         record = {
             "loss": loss_sum / max(micro, 1),

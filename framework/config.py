@@ -63,6 +63,12 @@ class DataConfig:
         segment_workers: processes that segment the corpus on first use (``None``: all cores).
         loader_workers: data-loader worker processes per rank (0 masks in the training process).
         max_eval_examples: cap on validation sentences per evaluation, so evaluation stays cheap.
+        packing: several sentences per training row of ``seq_len`` tokens, each attending only to itself
+            (:mod:`framework.batching.packing`). ``None`` (the default): on when DeepSpeed runs on CUDA (the
+            ``2080ti.json`` and ``multi-gpu.json`` runs), off on a CPU (``cpu.json``: demo, tests, CI). A run
+            saves the resolved value. Validation batches stay padded either way.
+        length_bucketing: without packing, sort the sentences of each optimiser step by length before cutting
+            them into micro-batches, so that each pads to similar lengths (needs gradient accumulation > 1).
     """
 
     dir: str | None = None
@@ -74,6 +80,8 @@ class DataConfig:
     segment_workers: int | None = None
     loader_workers: int = 0
     max_eval_examples: int = 2000
+    packing: bool | None = None
+    length_bucketing: bool = False
 
 
 @dataclass
@@ -345,6 +353,10 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--seq-len": ("data.seq_len", int, "example length in tokens including [CLS]/[SEP] (default 128)"),
     "--loader-workers": ("data.loader_workers", int, "data-loader worker processes per rank (default 0)"),
     "--max-eval-examples": ("data.max_eval_examples", int, "validation sentences per evaluation (default 2000)"),
+    "--packing": ("data.packing", "bool", "pack several sentences per row, each attending only to itself; "
+                  "--no-packing pads one a row (default: packing on CUDA, padding on CPU)"),
+    "--length-bucketing": ("data.length_bucketing", "true", "without packing: sort each step's sentences by "
+                           "length into its micro-batches (default off)"),
     "--model": ("model.name_or_path", str, "pretrained BERT to continue from: hub name or local folder"),
     "--model-config": ("model.config", str, "model from scratch: tiny, small, base or a BERT config.json"),
     "--tokenizer": ("model.tokenizer", str, "tokenizer folder or hub name (default: --model, or built from the corpus)"),
@@ -388,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (dotted, kind, help_text) in _FLAGS.items():
         if kind in ("true", "false"):
             parser.add_argument(flag, dest=dotted, action=f"store_{kind}", default=argparse.SUPPRESS,
+                                help=f"{help_text} [{dotted}]")
+        elif kind == "bool":  # --flag / --no-flag
+            parser.add_argument(flag, dest=dotted, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{help_text} [{dotted}]")
         else:
             metavar = "JSON" if kind == "mapping" else flag.lstrip("-").split("-")[-1].upper()
@@ -469,6 +484,9 @@ def _validate(cfg: RunConfig) -> None:
     _positive(d.segment_workers, "data.segment_workers", "data.segment_workers")
     _positive(d.loader_workers, "data.loader_workers", "--loader-workers", allow_zero=True)
     _positive(d.max_eval_examples, "data.max_eval_examples", "--max-eval-examples")
+    if d.packing and d.length_bucketing:
+        raise ConfigError("data.packing and data.length_bucketing exclude each other (packed rows have no padding "
+                          "to bucket): drop --length-bucketing, or give --no-packing")
 
     if m.name_or_path and m.config:
         raise ConfigError("give either --model (continue a pretrained checkpoint) or --model-config (from scratch), not both")

@@ -129,7 +129,9 @@ def batch_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int, int]:
     ``sequence_ids > 0`` (its ``attention_mask`` is 4D), a padded one with its 2D ``attention_mask``. Read
     through ``Tensor.numpy()``, which refuses a device tensor: counting can never wait on an accelerator.
     """
-    positions = int(batch["input_ids"].numel())
     if "sequence_ids" in batch:
-        return int(batch["num_examples"].numpy()), int(np.count_nonzero(batch["sequence_ids"].numpy())), positions
-    return int(batch["input_ids"].shape[0]), int(batch["attention_mask"].numpy().sum()), positions
+        sequence_ids = batch["sequence_ids"]
+        return (int(batch["num_examples"].numpy()), int(np.count_nonzero(sequence_ids.numpy())),
+                int(sequence_ids.numel()))
+    mask = batch["attention_mask"]
+    return int(mask.shape[0]), int(mask.numpy().sum()), int(mask.numel())

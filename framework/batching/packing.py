@@ -197,7 +197,8 @@ class PackingCollator:
             raise ValueError(f"{len(examples)} sentences cannot fill {self.micro_batches} micro-batches")
         return self.pack(self.mask(examples), [ex.index for ex in examples])
 
-    def pack(self, masked: Sequence[MaskedExample], indices: Sequence[int] | None = None) -> list[dict[str, torch.Tensor]]:
+    def pack(self, masked: Sequence[MaskedExample],
+             indices: Sequence[int] | None = None) -> list[dict[str, torch.Tensor]]:
         """Pack masked examples into ``micro_batches`` batches (``indices`` only name examples in errors)."""
         lengths = [len(m) for m in masked]
         longest = max(lengths)

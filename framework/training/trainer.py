@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from framework.batching.groups import batch_counts, resolve_layout
 from framework.config import ConfigError, RunConfig
 from framework.data.example import IGNORE_INDEX
 from framework.training.checkpoint import CheckpointManager, TrainState
@@ -35,7 +36,9 @@ from framework.training.engine import build_engine, seed_everything, setup_loggi
 
 logger = logging.getLogger("framework.training")
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")  # every batch (packed: a 4D mask)
+# What packed batches add: position ids restarting at every sentence (a padded batch leaves BERT its default).
+PACKED_INPUTS = ("position_ids",)
 
 
 @dataclass
@@ -280,6 +283,8 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
                          f"{train_set.vocab_info.vocab_size} token ids; give --tokenizer the model's own tokenizer")
     engine, ds = build_engine(model, cfg.training, world_size, len(train_set), is_main)
     micro = ds.micro_batch_size
+    layout = resolve_layout(cfg.data.packing, cfg.data.length_bucketing, cuda=engine.device.type == "cuda")
+    cfg.data.packing = layout == "packed"
 
     # Resume.
     checkpoints = CheckpointManager(output_dir / "checkpoints", cfg.checkpoint.keep_last, rank, tokenizer)
@@ -304,7 +309,8 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     if batches_per_epoch(sampler, micro) == 0:
         raise ValueError(f"{len(train_set)} training examples give rank {rank} no full micro-batch of {micro}; "
                          f"lower --micro-batch-size or use more data")
-    loader = build_loader(train_set, sampler, collator, micro, cfg.data.loader_workers, cfg.training.seed)
+    collator, loader = _train_batches(layout, cfg, train_set, sampler, collator, micro,
+                                      ds.gradient_accumulation_steps, is_main)
     evaluator = None
     if valid_set is not None:
         evaluator = _Evaluator(engine, strategy.for_evaluation(), valid_set, cfg, world_size, rank, micro)
@@ -338,6 +344,38 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     return result
 
 
+def _train_batches(layout: str, cfg: RunConfig, dataset: Any, sampler: ResumableDistributedSampler, collator: Any,
+                   micro: int, accumulation: int, is_main: bool) -> tuple[Any, Any]:
+    """``(collator, loader)`` of the training batches in ``layout`` (see :mod:`framework.batching.groups`).
+
+    Packed and bucketed batches lay out the sentences of a whole optimiser step together, so their loader draws
+    step-sized groups (``micro x accumulation`` sentences) and serves them one micro-batch at a time.
+    """
+    workers, seed = cfg.data.loader_workers, cfg.training.seed
+    if layout == "padded":
+        if is_main:
+            logger.info("batches: padded, %d sentences a micro-batch, each row padded to the micro-batch's longest",
+                        micro)
+        return collator, build_loader(dataset, sampler, collator, micro, workers, seed)
+    from framework.batching.groups import BucketingCollator, StepLoader
+    from framework.batching.packing import PackingCollator
+
+    group = micro * accumulation
+    if sampler.per_rank // group == 0:
+        raise ValueError(f"{len(dataset)} training examples give rank {sampler.rank} no full step of {group} "
+                         f"sentences; lower --micro-batch-size / --grad-accum or use more data")
+    if layout == "packed":
+        grouped = PackingCollator(collator, cfg.data.seq_len, accumulation)
+        what = (f"packed, the {group} sentences of a step into rows of {cfg.data.seq_len} tokens with a "
+                f"block-diagonal attention mask")
+    else:
+        grouped = BucketingCollator(collator, accumulation)
+        what = f"bucketed, the {group} sentences of a step sorted by length into micro-batches of {micro}"
+    if is_main:
+        logger.info("batches: %s (micro-batch %d x accumulation %d)", what, micro, accumulation)
+    return grouped, StepLoader(build_loader(dataset, sampler, grouped, group, workers, seed), accumulation)
+
+
 class _Evaluator:
     """Masked-LM metrics on (the first ``max_eval_examples`` of) the validation set, sharded across ranks.
 
@@ -366,7 +404,8 @@ class _Evaluator:
         self.engine.eval()
         try:
             for batch in self.loader:
-                inputs = {k: batch[k].to(self.engine.device) for k in MODEL_INPUTS}
+                inputs = {k: batch[k].to(self.engine.device) for k in (*MODEL_INPUTS, *PACKED_INPUTS)
+                          if k in batch}
                 # The model returns logits only at labelled positions ([N, V]), as update_batch expects.
                 self.metrics.update_batch(self.engine(**inputs).logits, batch)
         finally:
@@ -396,20 +435,21 @@ class _Loop:
 
     @staticmethod
     def _host_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-        """``(samples, non-padding tokens)`` of a micro-batch, read from its host-side tensors.
+        """``(samples, non-padding tokens)`` of a padded or packed micro-batch, read from its host-side tensors.
 
-        ``Tensor.numpy()`` refuses a device tensor, so this count can never wait on an accelerator: called on the
-        batch as the loader made it (before ``.to(device)``), it is plain CPU arithmetic.
+        ``Tensor.numpy()`` (in :func:`~framework.batching.groups.batch_counts`) refuses a device tensor, so this
+        count can never wait on an accelerator: called on the batch as the loader made it (before ``.to(device)``),
+        it is plain CPU arithmetic.
         """
-        mask = batch["attention_mask"]
-        return int(mask.shape[0]), int(mask.numpy().sum())
+        samples, tokens, _ = batch_counts(batch)
+        return samples, tokens
 
     def _reset_window(self) -> None:
         """Start a new log window: empty sums, the clock restarted."""
         # float64, added to in micro-batch order: the same sum, bit for bit, as adding the float32 losses as Python
         # floats one at a time, which is what the loop did when it read every loss with .item().
         self.window_loss = torch.zeros((), dtype=torch.float64, device=self.engine.device)
-        self.window = {"micro": 0, "tokens": 0, "samples": 0, "steps": 0}
+        self.window = {"micro": 0, "tokens": 0, "samples": 0, "positions": 0, "steps": 0}
         self.window_start = time.perf_counter()
 
     def run(self) -> RunResult:
@@ -429,7 +469,8 @@ class _Loop:
             for batch in self.loader:
                 # Asynchronous from the pinned memory build_loader uses on CUDA; a plain copy otherwise. The batch
                 # keeps the host tensors alive until the next iteration, after the copy has been queued.
-                inputs = {k: batch[k].to(engine.device, non_blocking=True) for k in MODEL_INPUTS}
+                inputs = {k: batch[k].to(engine.device, non_blocking=True) for k in (*MODEL_INPUTS, *PACKED_INPUTS)
+                          if k in batch}
                 loss = engine(**inputs).loss
                 engine.backward(loss)
                 engine.step()
@@ -440,6 +481,7 @@ class _Loop:
                 self.window["micro"] += 1
                 self.window["tokens"] += tokens
                 self.window["samples"] += samples
+                self.window["positions"] += batch["input_ids"].numel()  # rows x width: a shape, no data read
                 if engine.global_steps == state.step:
                     continue  # still accumulating
                 state.step = int(engine.global_steps)
@@ -472,8 +514,8 @@ class _Loop:
         The one place of the training path that reads device values: the loss sum, once per window.
         """
         engine, w = self.engine, self.window
-        loss_sum, micro, tokens, samples = all_reduce_sum(
-            [self.window_loss.item(), w["micro"], w["tokens"], w["samples"]], engine.device)
+        loss_sum, micro, tokens, samples, positions = all_reduce_sum(
+            [self.window_loss.item(), w["micro"], w["tokens"], w["samples"], w["positions"]], engine.device)
         seconds = max(time.perf_counter() - self.window_start, 1e-9)
         record = {
             "loss": loss_sum / max(micro, 1),
@@ -482,13 +524,15 @@ class _Loop:
             "loss_scale": _loss_scale(engine),
             "tokens_per_s": tokens / seconds,
             "samples_per_s": samples / seconds,
+            "real_token_fraction": tokens / max(positions, 1),  # real tokens / (rows x width), padded or packed
             "step_time_s": seconds / max(w["steps"], 1),
             "memory_gb": _memory_gb(engine.device),
             "epoch": self.state.epoch,
         }
         self.reporter.log(self.state.step, "train", record)
         self.result.train_losses.append((self.state.step, record["loss"]))
-        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                        real_token_fraction=f"{record['real_token_fraction']:.3f}", refresh=False)
         self._reset_window()
 
     def _evaluate(self) -> None:

@@ -311,8 +311,9 @@ def _run(cmd: list[str], log: Path, timeout_s: int, env: dict[str, str] | None =
     with open(log, "a", encoding="utf-8") as f:
         f.write(proc.stdout)
     if proc.returncode != 0:
+        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-12:])
         raise StudyError(f"{' '.join(cmd[1:3])} failed (exit {proc.returncode}) after "
-                         f"{time.perf_counter() - started:.0f} s; see {log}")
+                         f"{time.perf_counter() - started:.0f} s; see {log}; its last lines:\n{tail}")
     return proc.stdout
 
 

@@ -75,11 +75,21 @@ def emit(result: dict[str, Any], tables: Iterable[tuple[str, Sequence[dict[str, 
 
 
 def last_json_line(text: str) -> dict[str, Any]:
-    """The JSON object on the last non-empty line of a command's output (what :func:`emit` printed)."""
+    """The last line of a command's output that is a JSON object (what :func:`emit` printed).
+
+    Lines after it are skipped, so log lines that reach a merged stdout/stderr late (shutdown warnings)
+    do not hide the result.
+    """
     for line in reversed(text.splitlines()):
-        if line.strip():
-            return json.loads(line)
-    raise ValueError("no output: expected a JSON object on the last line")
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
+    raise ValueError("no JSON object in the output: expected one on the last line (--json)")
 
 
 def flatten_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -299,22 +299,24 @@ def _flags(args: dict[str, Any], cfg: StudyConfig) -> list[str]:
 
 
 def _run(cmd: list[str], log: Path, timeout_s: int, env: dict[str, str] | None = None) -> str:
-    """Run a command with its output in ``log``; returns stdout; a failure raises naming the log."""
+    """Run a command with its output streamed into ``log`` (``tail -f`` shows progress); returns the output.
+
+    A failure raises :class:`StudyError` naming the log and quoting its last lines.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as err:
+    with open(log, "w", encoding="utf-8") as out:
         try:
-            proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-                                  timeout=timeout_s, env={**os.environ, **(env or {})})
+            proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                  timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         except subprocess.TimeoutExpired as exc:
             raise StudyError(f"{' '.join(cmd[:3])} ran past {timeout_s} s; see {log}") from exc
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(proc.stdout)
+    text = log.read_text(encoding="utf-8", errors="replace")
     if proc.returncode != 0:
-        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-12:])
+        tail = "".join(text.splitlines(keepends=True)[-12:])
         raise StudyError(f"{' '.join(cmd[1:3])} failed (exit {proc.returncode}) after "
                          f"{time.perf_counter() - started:.0f} s; see {log}; its last lines:\n{tail}")
-    return proc.stdout
+    return text
 
 
 def _save(path: Path, value: dict[str, Any]) -> None:

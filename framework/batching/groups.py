@@ -48,15 +48,11 @@ def resolve_layout(packing: bool | None, length_bucketing: bool, cuda: bool) -> 
     return "bucketed" if length_bucketing else "padded"
 
 
-class BucketingCollator:
-    """Masks a step's sentences, sorts them by masked length and pads each micro-batch of them separately.
-
-    Every micro-batch keeps ``len(examples) / micro_batches`` sentences (rows), so shapes change only in
-    width; padding shrinks because neighbours in length share a micro-batch. It needs gradient accumulation:
-    with one micro-batch per step there is nothing to sort between.
+class StepCollator:
+    """What the batch builders of a whole step share: the run's collator masks, a call returns micro-batches.
 
     Args:
-        collator: the run's :class:`MaskingCollator` (masks, then pads each micro-batch).
+        collator: the run's :class:`MaskingCollator` (its strategy, seed and epoch decide every mask).
         micro_batches: batches to return per call (the gradient-accumulation steps).
     """
 
@@ -72,12 +68,25 @@ class BucketingCollator:
         return self.collator.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Mask the following batches for ``epoch``."""
+        """Mask the following batches for ``epoch`` (reaches data-loader workers, see :class:`MaskingCollator`)."""
         self.collator.set_epoch(epoch)
 
     def mask(self, examples: Sequence[SegmentedExample]) -> list[MaskedExample]:
-        """The strategy's masked examples for the current epoch, before padding."""
+        """The strategy's masked examples for the current epoch, before padding or packing."""
         return self.collator.mask(examples)
+
+
+class BucketingCollator(StepCollator):
+    """Masks a step's sentences, sorts them by masked length and pads each micro-batch of them separately.
+
+    Every micro-batch keeps ``len(examples) / micro_batches`` sentences (rows), so shapes change only in
+    width; padding shrinks because neighbours in length share a micro-batch. It needs gradient accumulation:
+    with one micro-batch per step there is nothing to sort between.
+
+    Args:
+        collator: the run's :class:`MaskingCollator` (masks, then pads each micro-batch).
+        micro_batches: batches to return per call (the gradient-accumulation steps).
+    """
 
     def __call__(self, examples: Sequence[SegmentedExample]) -> list[dict[str, torch.Tensor]]:
         """Mask ``examples``, longest first, into ``micro_batches`` padded batches of equal row counts."""

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from framework.batching.collator import MaskingCollator
+from framework.batching.groups import StepCollator
 from framework.data.example import IGNORE_INDEX, MaskedExample, SegmentedExample
 
 
@@ -156,7 +157,7 @@ def packed_batch(masked: Sequence[MaskedExample], rows: Sequence[Sequence[int]],
     }
 
 
-class PackingCollator:
+class PackingCollator(StepCollator):
     """Masks a step's sentences, packs them into rows of ``seq_len`` and deals the rows to its micro-batches.
 
     Args:
@@ -172,24 +173,8 @@ class PackingCollator:
     def __init__(self, collator: MaskingCollator, seq_len: int, micro_batches: int = 1) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len={seq_len} must be positive")
-        if micro_batches < 1:
-            raise ValueError(f"micro_batches={micro_batches} must be at least 1")
-        self.collator = collator
+        super().__init__(collator, micro_batches)
         self.seq_len = int(seq_len)
-        self.micro_batches = int(micro_batches)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next batches are masked for."""
-        return self.collator.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Mask the following batches for ``epoch`` (reaches data-loader workers, see :class:`MaskingCollator`)."""
-        self.collator.set_epoch(epoch)
-
-    def mask(self, examples: Sequence[SegmentedExample]) -> list[MaskedExample]:
-        """The strategy's masked examples for the current epoch, before packing."""
-        return self.collator.mask(examples)
 
     def __call__(self, examples: Sequence[SegmentedExample]) -> list[dict[str, torch.Tensor]]:
         """Mask, pack and split ``examples`` into ``micro_batches`` packed batches."""

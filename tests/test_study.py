@@ -46,7 +46,19 @@ def tiny_fewclue_splits(tmp: Path, shared: Path, rows: int = 16) -> Path:
 
 
 @pytest.mark.slow
-def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: Path) -> None:
+def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if run from a process that holds a process group (earlier tests in this session may): the stages must
+    # not inherit its rendezvous and fail with "address already in use".
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(listener.getsockname()[1]))  # bound and listening, like a live TCPStore
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
     splits = tiny_fewclue_splits(tmp_path, shared_data_dir)
     config = smoke_config(tmp_path, shared_data_dir, finetune=[{"task": "csl-keywords", "args": {
         "fewclue-splits": str(splits), "epochs": 1, "max-seq-len": 64, "micro-batch-size": 8, "seed": 0}}])
@@ -87,6 +99,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: P
         f.write("一个改变了数据指纹的新句子。\n")
     changed = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert changed.returncode == 2 and "fingerprint" in changed.stderr and "Traceback" not in changed.stderr
+    listener.close()
 
 
 def test_bad_study_config_is_one_line(tmp_path: Path, shared_data_dir: Path) -> None:

@@ -298,6 +298,9 @@ def _flags(args: dict[str, Any], cfg: StudyConfig) -> list[str]:
     return out
 
 
+_LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _run(cmd: list[str], log: Path, timeout_s: int, env: dict[str, str] | None = None) -> str:
     """Run a command with its output streamed into ``log`` (``tail -f`` shows progress); returns the output.
 
@@ -305,10 +308,12 @@ def _run(cmd: list[str], log: Path, timeout_s: int, env: dict[str, str] | None =
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    # Each stage is a world of its own: a process group of the caller (its MASTER_PORT still bound) must not leak in.
+    inherited = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES}
     with open(log, "w", encoding="utf-8") as out:
         try:
             proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                  timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                                  timeout=timeout_s, env={**inherited, "PYTHONUNBUFFERED": "1", **(env or {})})
         except subprocess.TimeoutExpired as exc:
             raise StudyError(f"{' '.join(cmd[:3])} ran past {timeout_s} s; see {log}") from exc
     text = log.read_text(encoding="utf-8", errors="replace")

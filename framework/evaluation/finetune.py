@@ -155,7 +155,9 @@ class FinetuneConfig:
         if not 8 <= self.max_seq_len <= int(positions):
             raise ConfigError(f"--max-seq-len {self.max_seq_len} must be between 8 and the model's "
                               f"{positions} position embeddings")
-        ds = _read_json_object(self.deepspeed_path, "--deepspeed-config")
+        from framework.training.deepspeed_config import load_deepspeed_json  # imports torch: only once valid so far
+
+        ds = load_deepspeed_json(self.deepspeed_path)
         if int(ds.get("zero_optimization", {}).get("stage", 0)) == 3:
             raise ConfigError(f"{self.deepspeed_path}: ZeRO-3 partitions the weights, and fine-tuning keeps a full "
                               f"copy of the best epoch's; use stage 0-2")
@@ -170,12 +172,11 @@ class FinetuneConfig:
 
 
 def _read_json_object(path: Path, flag: str) -> dict[str, Any]:
-    """A JSON object file; missing or malformed is a :class:`ConfigError` naming file and line."""
+    """A JSON object file (the model's config.json); missing or malformed is a :class:`ConfigError`."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        available = ", ".join(sorted(p.name for p in DS_CONFIG_DIR.glob("*.json")))
-        raise ConfigError(f"{flag} {path}: no such file (ds_configs/ has {available})") from exc
+        raise ConfigError(f"{flag} {path}: no such file") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from exc
     if not isinstance(value, dict):
@@ -360,7 +361,9 @@ def _learning_rate(cfg: FinetuneConfig) -> float | None:
     """``--lr``; else :data:`DEFAULT_LR` where the file leaves the rate to ``"auto"``; else ``None`` (the file's)."""
     if cfg.lr is not None:
         return cfg.lr
-    ds = _read_json_object(cfg.deepspeed_path, "--deepspeed-config")
+    from framework.training.deepspeed_config import load_deepspeed_json
+
+    ds = load_deepspeed_json(cfg.deepspeed_path)
     file_lr = ds.get("optimizer", {}).get("params", {}).get("lr", "auto")
     return DEFAULT_LR if file_lr in (None, "auto") else None
 

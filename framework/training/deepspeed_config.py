@@ -153,7 +153,8 @@ def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"--deepspeed_config {path}: no such file") from exc
+        available = ", ".join(sorted(p.name for p in DS_CONFIG_DIR.glob("*.json")))
+        raise ConfigError(f"--deepspeed_config {path}: no such file (ds_configs/ has {available})") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from exc
     if not isinstance(value, dict):

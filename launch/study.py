@@ -2,6 +2,7 @@
 
     python launch/study.py --config studies/cpu.yaml            # run what is unfinished, then write the report
     python launch/study.py --config studies/cpu.yaml --max-runs 2   # fit a sitting: work on 2 pretraining runs
+    OMP_NUM_THREADS=1 python launch/study.py --config studies/cpu.yaml --runs token-seed1,wwm-seed1 &  # two workers
     python launch/study.py --config studies/cpu.yaml --report-only  # just rewrite docs/results.md and the plots
 
 Finished stages are kept in the config's ``results_dir`` and skipped, so the study resumes where it stopped.
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="study YAML (studies/cpu.yaml, studies/gpu.yaml)")
     p.add_argument("--max-runs", type=int, default=None, help="work on at most N pretraining runs this time")
+    p.add_argument("--runs", default=None,
+                   help="comma-separated runs to work on (e.g. token-seed2,wwm-seed1), to split the study between "
+                        "workers; default all")
     p.add_argument("--stages", default="pretrain,evaluate,finetune",
                    help="comma-separated stages to run this time (default all)")
     p.add_argument("--report-only", action="store_true", help="only write the report from finished stages")
@@ -40,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         if set(stages) - set(STAGES):
             raise StudyError(f"--stages {args.stages}: use some of {', '.join(STAGES)}")
         outcome = None if args.report_only else run_study(cfg, stages, args.max_runs,
-                                                          keep_models=not args.drop_checkpoints)
+                                                          keep_models=not args.drop_checkpoints,
+                                                          runs=None if args.runs is None else
+                                                          [r.strip() for r in args.runs.split(",") if r.strip()])
     except StudyError as exc:
         print(f"launch/study.py: {exc}", file=sys.stderr)
         return 2

@@ -32,7 +32,9 @@ LAMB = str(ROOT / "framework" / "training" / "lamb.py")
 HERE = str(Path(__file__).resolve())
 TORCH_DIR = os.path.dirname(torch.__file__)
 VOCAB = 300
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def requires_cuda(test: Any) -> Any:
+    """Mark a test ``gpu`` (launch/gpu_check.sh runs those) and skip it without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 # The Tensor -> Python conversions that wait for the device when the tensor lives on a GPU.
 SYNC_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu")

@@ -251,6 +251,7 @@ def test_sparse_gradients_are_rejected() -> None:
         opt.step()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="DeepSpeed FusedLamb is CUDA-only")
 def test_matches_deepspeed_fused_lamb_on_cuda() -> None:
     from deepspeed.ops.lamb import FusedLamb

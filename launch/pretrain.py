@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
         return 2
     from framework.masking.base import MaskingConfigError
+    from framework.training.checkpoint import CheckpointError
     from framework.training.trainer import run_pretraining
 
     try:
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:  # a model, tokenizer or corpus named in the config is missing or unreadable
+        print(f"launch/pretrain.py: {exc}", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:  # --resume named a damaged checkpoint, or none of the run's verifies
         print(f"launch/pretrain.py: {exc}", file=sys.stderr)
         return 2
     if result.exported_model is not None or result.loss_plot is not None:

@@ -133,6 +133,27 @@ def test_fresh_run_into_an_earlier_run_is_refused_and_changes_nothing(
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_a_finished_run_resumed_again_rewrites_no_checkpoint(scratch_run: tuple[Path, subprocess.CompletedProcess],
+                                                              scratch_args, tmp_path: Path) -> None:  # noqa: ANN001
+    """Issue 10's first fault: ``--resume auto`` on a finished run used to save step-60 again, in place."""
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(scratch_run[0], out)
+    checkpoint = out / "checkpoints" / "step-00000060"
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in checkpoint.rglob("*") if p.is_file()}
+    proc = run_pretrain([*scratch_args(out), "--resume", "auto"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "exists and is intact; not writing it again" in proc.stdout
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in checkpoint.rglob("*") if p.is_file()} == before
+    # Emptied (the out-of-disk save of the issue): resume falls back to nothing older here, so it is an error.
+    (checkpoint / "mp_rank_00_model_states.pt").write_bytes(b"")
+    broken = run_pretrain([*scratch_args(out), "--resume", "auto"])
+    assert broken.returncode == 2 and "no intact checkpoint" in broken.stderr and "Traceback" not in broken.stderr
+    named = run_pretrain([*scratch_args(out), "--resume", str(checkpoint)])
+    assert named.returncode == 2 and "mp_rank_00_model_states.pt" in named.stderr and "Traceback" not in named.stderr
+
+
 def test_continue_from_a_local_pretrained_folder_with_wandb_offline(
         scratch_run: tuple[Path, subprocess.CompletedProcess], csl_data: Path, tmp_path: Path) -> None:
     pretrained = scratch_run[0] / "model"

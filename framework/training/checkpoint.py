@@ -7,19 +7,30 @@ Layout under ``OUTPUT/checkpoints``::
         rng_state_rank{R}.pt                           Python, NumPy, torch (and CUDA) RNG states of rank R
         run_config.json, run_config.yaml               the run's configuration
         hf_config/                                     model config.json and tokenizer, for launch/export.py
+        MANIFEST.json                                  every file above with its size and SHA-256
         COMPLETE                                       written last, by rank 0, after every rank has finished
 
 DeepSpeed stores our ``client_state`` (the :class:`TrainState`: step, epoch, position in the epoch) with the
 model states. RNG states are per rank (dropout differs between ranks), so every rank writes its own file.
 
-A crash halfway through a save leaves a folder without ``COMPLETE``; ``--resume auto`` ignores it and picks
-the newest folder that has one, and the next prune removes the debris.
+A complete checkpoint is never written into again. A save goes into ``.saving-step-N/``; once every rank has
+finished, rank 0 writes the manifest and the marker there and renames the folder to ``step-N`` (a rename is
+atomic: a reader sees the whole checkpoint or none of it). A crash or a full disk during a save leaves only
+the staging folder, which nothing reads and the next save removes. Saving a step whose complete checkpoint
+exists already (a finished run resumed with nothing to do) writes nothing.
+
+Resuming verifies before it trusts: ``--resume auto`` takes the newest checkpoint whose files match its
+manifest (sizes and SHA-256), saying in one line which it took and which it skipped and why; ``--resume
+PATH`` to a damaged checkpoint is a one-line error naming the file. Checkpoints written before manifests
+existed are checked for their marker and a non-empty model-states file only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -38,7 +49,14 @@ from framework.training.distributed import barrier
 logger = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
+MANIFEST = "MANIFEST.json"
+STAGING_PREFIX = ".saving-"
+MODEL_STATES = "mp_rank_00_model_states.pt"
 _TAG = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted (damaged, incomplete) was asked for by name."""
 
 
 @dataclass
@@ -86,6 +104,69 @@ def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks (``sha256sum`` prints the same)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> dict[str, Any]:
+    """Write ``MANIFEST.json``: every file under ``folder`` (but the manifest and marker) with size and SHA-256."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, MARKER)):
+        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    manifest = {"files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def verify_checkpoint(folder: Path, hashes: bool = True) -> str | None:
+    """``None`` when ``folder`` is a complete, intact checkpoint; else why not, naming the file.
+
+    Args:
+        folder: a ``step-N`` folder.
+        hashes: also compare SHA-256 digests (sizes alone catch truncation and zero-byte files).
+    """
+    if not folder.is_dir():
+        return f"{folder}: no such folder"
+    if not is_complete(folder):
+        return f"{folder / MARKER} is missing (the save was interrupted)"
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():  # written before manifests existed: what can still be checked
+        states = folder / MODEL_STATES
+        if not states.is_file() or states.stat().st_size == 0:
+            return f"{states} is missing or empty"
+        return None
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{manifest_path} is unreadable ({exc})"
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != entry["size"]:
+            return f"{path} has {size} bytes, its manifest says {entry['size']} (truncated or overwritten)"
+    if hashes:
+        for name, entry in files.items():
+            if file_sha256(folder / name) != entry["sha256"]:
+                return f"{folder / name} does not match its SHA-256 in {MANIFEST} (corrupted)"
+    return None
+
+
+def _broadcast_from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (the value itself in a world of one)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
 class CheckpointManager:
     """Saves, finds, loads and prunes the run's checkpoints.
 
@@ -116,39 +197,89 @@ class CheckpointManager:
         return complete[-1] if complete else None
 
     def resolve_resume(self, resume: str | None) -> Path | None:
-        """The checkpoint ``--resume`` names: ``auto`` (latest complete, or ``None``), a folder, or ``None``."""
+        """The checkpoint ``--resume`` names: ``auto`` (the newest that verifies, or ``None``), a folder, or ``None``.
+
+        Rank 0 verifies (hashing every file once) and tells the other ranks, so all take the same checkpoint.
+
+        Raises:
+            CheckpointError: ``--resume PATH`` is damaged or incomplete, or ``auto`` found checkpoints but none
+                verifies (starting afresh would silently throw the run away).
+        """
         if resume is None:
             return None
-        if resume == "auto":
-            found = self.latest()
-            if found is None:
+        if resume != "auto":
+            folder = Path(resume)
+            reason = _broadcast_from_rank0(verify_checkpoint(folder) if self.rank == 0 else None)
+            if reason is not None:
+                raise CheckpointError(f"--resume {folder}: not an intact checkpoint: {reason}. Use --resume auto to "
+                                      f"take the newest intact one in {self.root}")
+            return folder
+        chosen, skipped = None, []
+        if self.rank == 0:
+            for folder in reversed(self.complete_checkpoints()):
+                reason = verify_checkpoint(folder)
+                if reason is None:
+                    chosen = folder
+                    break
+                skipped.append(f"{folder.name} ({reason})")
+        chosen, skipped = _broadcast_from_rank0((chosen, skipped))
+        if chosen is None and skipped:
+            raise CheckpointError(f"--resume auto: no intact checkpoint in {self.root}; skipped " + "; ".join(skipped)
+                                  + ". Resume from an earlier copy or start afresh in another --output-dir")
+        if self.rank == 0:
+            if chosen is None:
                 logger.info("--resume auto: no complete checkpoint in %s; starting from scratch", self.root)
-            return found
-        folder = Path(resume)
-        if not is_complete(folder):
-            raise FileNotFoundError(
-                f"--resume {folder}: not a complete checkpoint (no {MARKER} marker; it may be a save that was "
-                f"interrupted). Use --resume auto to pick the latest complete one in {self.root}"
-            )
-        return folder
+            elif skipped:
+                logger.warning("--resume auto: resuming from %s, the newest intact checkpoint; skipped %s", chosen.name,
+                               "; ".join(skipped))
+            else:
+                logger.info("--resume auto: resuming from %s (verified against its manifest)", chosen.name)
+        return chosen
 
     def save(self, engine: Any, state: TrainState, config: RunConfig) -> Path:
-        """Write a checkpoint of ``engine`` after ``state.step`` steps; every rank must call it."""
+        """Write a checkpoint of ``engine`` after ``state.step`` steps; every rank must call it.
+
+        The files go to a staging folder that is renamed to ``step-N`` once complete (see the module docstring).
+        A step that already has a complete checkpoint is not written again.
+        """
         tag = checkpoint_tag(state.step)
         folder = self.root / tag
+        if is_complete(folder):
+            reason = _broadcast_from_rank0(verify_checkpoint(folder) if self.rank == 0 else None)
+            if reason is None:
+                if self.rank == 0:
+                    logger.info("checkpoint %s exists and is intact; not writing it again", folder)
+                return folder
+            if self.rank == 0:  # kept for inspection under a name nothing resumes from, never written into
+                aside = folder.with_name(f"{tag}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(folder, aside)
+                logger.warning("checkpoint %s is damaged (%s); moved it to %s and saving this step afresh", folder,
+                               reason, aside)
+            barrier()
+        staging = self.root / f"{STAGING_PREFIX}{tag}"
         started = time.perf_counter()
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"train_state": asdict(state)})
-        torch.save(capture_rng_state(), folder / f"rng_state_rank{self.rank}.pt")
+        if self.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)  # debris of a save that was killed
+            staging.mkdir(parents=True)
+        barrier()
+        # save_latest=False: DeepSpeed's "latest" would name the staging folder; rank 0 writes it after the rename.
+        engine.save_checkpoint(str(self.root), tag=staging.name, client_state={"train_state": asdict(state)},
+                               save_latest=False)
+        torch.save(capture_rng_state(), staging / f"rng_state_rank{self.rank}.pt")
         barrier()  # every rank's shards and RNG file are on disk before the marker says so
         if self.rank == 0:
-            config.save(folder)
+            config.save(staging)
             if self.tokenizer is not None:
                 from framework.training.export import write_hf_config
 
-                write_hf_config(getattr(engine, "module", engine), self.tokenizer, folder)
+                write_hf_config(getattr(engine, "module", engine), self.tokenizer, staging)
+            write_manifest(staging)
             world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
             marker = {"step": state.step, "world_size": world, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            (folder / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+            (staging / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+            if folder.exists():  # an interrupted save of this step from before staging folders: never complete
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
             self._prune()
             logger.info("saved checkpoint %s in %.1f s", folder, time.perf_counter() - started)
         barrier()  # nobody races ahead into a prune or a second save
@@ -183,7 +314,8 @@ class CheckpointManager:
         complete = self.complete_checkpoints()
         keep = set(complete[-self.keep_last :])
         for folder in self.root.iterdir():
-            if _TAG.match(folder.name) and folder not in keep and folder.is_dir():
+            debris = folder.name.startswith(STAGING_PREFIX)
+            if (debris or _TAG.match(folder.name)) and folder not in keep and folder.is_dir():
                 shutil.rmtree(folder, ignore_errors=True)
                 logger.info("removed old checkpoint %s", folder)
         latest_file = self.root / "latest"

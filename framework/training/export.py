@@ -176,12 +176,20 @@ def resolve_tag_folder(path: Path) -> Path:
 
 
 def _check_complete(tag_dir: Path) -> None:
-    """Refuse a framework checkpoint whose save was interrupted (no ``COMPLETE`` marker)."""
-    if _FRAMEWORK_TAG.match(tag_dir.name) and not (tag_dir / COMPLETE_MARKER).is_file():
+    """Refuse a framework checkpoint whose save was interrupted (no ``COMPLETE`` marker) or whose files no longer
+    match its manifest (truncated, emptied or corrupted since)."""
+    if not _FRAMEWORK_TAG.match(tag_dir.name):
+        return
+    if not (tag_dir / COMPLETE_MARKER).is_file():
         raise ExportError(
             f"{tag_dir}: no {COMPLETE_MARKER} marker, so its save was interrupted and shards may be missing; "
             "export an earlier complete checkpoint (or the checkpoints folder, which picks the latest complete one)"
         )
+    from framework.training.checkpoint import verify_checkpoint
+
+    reason = verify_checkpoint(tag_dir)
+    if reason is not None:
+        raise ExportError(f"{tag_dir}: damaged checkpoint: {reason}; export an earlier one")
 
 
 def _load_model_states(path: Path) -> dict[str, Any]:

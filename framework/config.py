@@ -134,6 +134,8 @@ class TrainingConfig:
         eval_every: optimiser steps between evaluations (0: only at the end).
         compile: ``torch.compile`` the model through DeepSpeed's ``engine.compile()`` (same weights, checkpoints
             and export; the first steps include compilation).
+        max_bad_steps: optimiser steps in a row with a NaN or infinite loss after which the run stops (their
+            updates are skipped; the last checkpoint with finite weights is kept).
     """
 
     deepspeed_config: str | None = None
@@ -149,6 +151,7 @@ class TrainingConfig:
     log_every: int = 10
     eval_every: int = 200
     compile: bool = False
+    max_bad_steps: int = 10
 
 
 @dataclass
@@ -375,6 +378,8 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--grad-clip": ("training.gradient_clipping", float, "gradient-norm clipping threshold"),
     "--log-every": ("training.log_every", int, "steps between training log records (default 10)"),
     "--eval-every": ("training.eval_every", int, "steps between evaluations, 0 for only at the end (default 200)"),
+    "--max-bad-steps": ("training.max_bad_steps", int, "steps in a row with a NaN/inf loss before the run stops "
+                        "(default 10)"),
     "--compile": ("training.compile", "true", "torch.compile the model via DeepSpeed's engine.compile() (default off)"),
     "--output-dir": ("checkpoint.output_dir", str, "output folder (default runs/demo)"),
     "--save-every": ("checkpoint.save_every", int, "steps between checkpoints, 0 for only at the end (default 500)"),
@@ -518,6 +523,7 @@ def _validate(cfg: RunConfig) -> None:
     _positive(t.gradient_clipping, "training.gradient_clipping", "--grad-clip", allow_zero=True)
     _positive(t.log_every, "training.log_every", "--log-every")
     _positive(t.eval_every, "training.eval_every", "--eval-every", allow_zero=True)
+    _positive(t.max_bad_steps, "training.max_bad_steps", "--max-bad-steps")
 
     if not c.output_dir:
         raise ConfigError("checkpoint.output_dir is empty: set --output-dir")

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from framework.masking.base import MaskingConfigError
     from framework.training.checkpoint import CheckpointError
-    from framework.training.trainer import run_pretraining
+    from framework.training.trainer import NonFiniteError, run_pretraining
 
     try:
         result = run_pretraining(cfg)
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:  # --resume named a damaged checkpoint, or none of the run's verifies
         print(f"launch/pretrain.py: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteError as exc:  # the training diverged; its last finite checkpoint is kept
+        print(f"launch/pretrain.py: training stopped: {exc}", file=sys.stderr)
+        return 3
     if result.exported_model is not None or result.loss_plot is not None:
         print(f"done: {result.steps} steps; checkpoint {result.checkpoint}; model {result.exported_model}; "
               f"metrics {result.output_dir / 'metrics.jsonl'}; plot {result.loss_plot}", flush=True)

@@ -10,7 +10,10 @@ turn a model into a DeepSpeed engine the same way, so a fine-tuning run gets exa
 4. ``deepspeed.initialize``, then one log line with the batch geometry (rank 0);
 5. the hot-path fixes DeepSpeed 0.19 needs: the fp16/bf16 wrapper's per-tensor overflow test becomes one fused
    test (:func:`install_fused_overflow_check`), and ``training.compile`` compiles the model through
-   ``engine.compile()``.
+   ``engine.compile()``;
+6. where DeepSpeed has no overflow test at all (fp32 at ZeRO-0, a plain optimizer), a step with a NaN or infinite
+   gradient would write NaN into every weight: :func:`install_nonfinite_step_guard` makes that step skipped and
+   counted exactly as DeepSpeed's fp16/bf16 wrappers do.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def build_engine(model: torch.nn.Module, training: TrainingConfig, world_size: i
                     world_size, ds.micro_batch_size, ds.gradient_accumulation_steps, ds.config["train_batch_size"],
                     what, ds.total_steps)
     install_fused_overflow_check(engine.optimizer, is_main)
+    install_nonfinite_step_guard(engine)
     if getattr(training, "compile", False):
         compile_engine(engine, is_main)
     return engine, ds
@@ -179,4 +183,71 @@ def install_fused_overflow_check(optimizer: Any, is_main: bool = True) -> bool:
                         "per-tensor overflow test (one host sync per tensor and step)", deepspeed.__version__)
         return False
     checker.has_overflow_serial = types.MethodType(_fused_has_overflow_serial, checker)
+    return True
+
+
+# --------------------------------------------------------------------------------------------- non-finite step guard
+
+
+def install_nonfinite_step_guard(engine: Any) -> bool:
+    """Skip (and count) an optimiser step whose gradients are not finite, where DeepSpeed itself does not.
+
+    DeepSpeed's fp16 and bf16 wrappers and its ZeRO optimizers test the gradients for inf/NaN and skip the step
+    (``engine.skipped_steps`` counts it, the learning-rate schedule waits). A plain optimizer (fp32 at ZeRO-0)
+    has no such test: one NaN loss makes every weight NaN. This guard gives that optimizer the same contract:
+    its ``step`` first takes the global gradient norm (the one the engine's clipping computed, else one fused
+    norm), sets ``optimizer.overflow`` (which the engine reads to count the skip and hold the schedule) and
+    ``optimizer._global_grad_norm`` (so fp32 runs log a ``grad_norm``), and returns without updating when the
+    norm is not finite. The finiteness test is one host synchronisation per step, on the fp32 path only.
+
+    Returns:
+        True when installed; False where DeepSpeed's optimizer already tests for overflow.
+    """
+    optimizer = engine.optimizer
+    if optimizer is None or hasattr(optimizer, "overflow"):
+        return False
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    kept: dict[str, Any] = {}
+
+    def clip_and_keep_norm() -> None:
+        # The engine's own clip_fp32_gradients discards the norm it computes; keep it for the guard and the log.
+        kept["norm"] = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(),
+                                       mpu=engine.mpu)
+
+    engine.clip_fp32_gradients = clip_and_keep_norm
+    original_step = optimizer.step
+
+    def guarded_step(*args: Any, **kwargs: Any) -> Any:
+        norm = kept.pop("norm", None)
+        if norm is None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = (torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0))) if grads
+                    else torch.zeros(()))
+        norm = norm.reshape(())
+        optimizer._global_grad_norm = norm
+        optimizer.overflow = not bool(torch.isfinite(norm))
+        if optimizer.overflow:
+            return None
+        return original_step(*args, **kwargs)
+
+    optimizer.step = guarded_step
+    optimizer.overflow = False  # also marks the guard as installed (a second call finds the attribute)
+    return True
+
+
+def weights_are_finite(module: torch.nn.Module) -> bool:
+    """Whether every parameter of ``module`` is finite (one fused max-abs per dtype, one host synchronisation).
+
+    Max-abs (the inf-norm) rather than an L2 norm: squares of large but finite weights must not overflow into a
+    false alarm, and a NaN still propagates through the max.
+    """
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for param in module.parameters():
+        by_dtype.setdefault(param.dtype, []).append(param.detach())
+    for dtype, params in by_dtype.items():
+        out = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+        norms = torch._foreach_norm(params, float("inf"), dtype=out)
+        if not bool(torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()):
+            return False
     return True

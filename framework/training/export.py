@@ -309,6 +309,12 @@ def _write_transformers_folder(config: Any, state: dict[str, torch.Tensor], toke
     and the model card (``README.md``, :mod:`framework.training.model_card`)."""
     from transformers import BertForMaskedLM
 
+    bad = [name for name, tensor in state.items()
+           if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all())]
+    if bad:  # a model of NaNs loads and "works" everywhere downstream; refuse it here, before anything is written
+        raise ExportError(f"{source}: {len(bad)} of {len(state)} tensors hold NaN or infinite values "
+                          f"({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}); the training diverged. Export an "
+                          "earlier checkpoint")
     tokenizer = _load_tokenizer(tokenizer)
     model = BertForMaskedLM(config).float()
     if len(tokenizer) > model.config.vocab_size:

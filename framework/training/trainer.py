@@ -30,7 +30,7 @@ from framework.batching.groups import batch_counts, resolve_layout
 from framework.config import ConfigError, RunConfig
 from framework.data.example import IGNORE_INDEX
 from framework.training.checkpoint import CheckpointManager, TrainState
-from framework.training.distributed import all_reduce_sum, barrier, init_distributed, on_rank0_first
+from framework.training.distributed import all_reduce_max, all_reduce_sum, barrier, init_distributed, on_rank0_first
 from framework.training.data import ResumableDistributedSampler, batches_per_epoch, build_loader
 from framework.training.engine import build_engine, seed_everything, setup_logging  # noqa: F401 - re-exported
 
@@ -62,6 +62,10 @@ class RunResult:
     checkpoint: Path | None = None
     exported_model: Path | None = None
     loss_plot: Path | None = None
+
+
+class NonFiniteError(RuntimeError):
+    """The run stopped because its loss or weights stopped being finite (the last finite checkpoint is intact)."""
 
 
 # --------------------------------------------------------------------------------------------- preflight & data
@@ -446,10 +450,17 @@ class _Loop:
 
     def _reset_window(self) -> None:
         """Start a new log window: empty sums, the clock restarted."""
+        device = self.engine.device
         # float64, added to in micro-batch order: the same sum, bit for bit, as adding the float32 losses as Python
         # floats one at a time, which is what the loop did when it read every loss with .item().
-        self.window_loss = torch.zeros((), dtype=torch.float64, device=self.engine.device)
-        self.window = {"micro": 0, "tokens": 0, "samples": 0, "positions": 0, "steps": 0}
+        self.window_loss = torch.zeros((), dtype=torch.float64, device=device)
+        # Non-finite losses, counted on the device: [micro-batches with one, longest run of bad optimiser steps].
+        self.window_bad = torch.zeros(2, dtype=torch.float64, device=device)
+        if not hasattr(self, "bad_run"):  # runs of bad steps continue across windows
+            self.bad_run = torch.zeros((), dtype=torch.float64, device=device)
+            self.step_bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.window = {"micro": 0, "tokens": 0, "samples": 0, "positions": 0, "steps": 0,
+                       "skipped_before": int(getattr(self.engine, "skipped_steps", 0))}
         self.window_start = time.perf_counter()
 
     def run(self) -> RunResult:
@@ -477,7 +488,7 @@ class _Loop:
                 samples, tokens = self._host_counts(batch)
                 state.epoch_position += samples
                 state.tokens_seen += tokens
-                self.window_loss.add_(loss.detach().to(torch.float64))  # stays on the device until a log step
+                self._count_loss(loss.detach())  # on the device until a log step: no synchronisation here
                 self.window["micro"] += 1
                 self.window["tokens"] += tokens
                 self.window["samples"] += samples
@@ -486,6 +497,7 @@ class _Loop:
                     continue  # still accumulating
                 state.step = int(engine.global_steps)
                 self.window["steps"] += 1
+                self._end_step()
                 bar.update(1)
                 if state.step % t.log_every == 0 or state.step == self.total_steps:
                     self._log_train(bar)
@@ -514,11 +526,14 @@ class _Loop:
         The one place of the training path that reads device values: the loss sum, once per window.
         """
         engine, w = self.engine, self.window
-        loss_sum, micro, tokens, samples, positions = all_reduce_sum(
-            [self.window_loss.item(), w["micro"], w["tokens"], w["samples"], w["positions"]], engine.device)
+        loss_sum, bad_micro, bad_run = torch.cat([self.window_loss.reshape(1), self.window_bad]).tolist()
+        loss_sum, micro, tokens, samples, positions, bad_micro = all_reduce_sum(
+            [loss_sum, w["micro"], w["tokens"], w["samples"], w["positions"], bad_micro], engine.device)
         seconds = max(time.perf_counter() - self.window_start, 1e-9)
         record = {
-            "loss": loss_sum / max(micro, 1),
+            "loss": loss_sum / (micro - bad_micro) if micro > bad_micro else math.nan,
+            "nonfinite_losses": int(bad_micro),
+            "skipped_steps": int(getattr(engine, "skipped_steps", 0)) - w["skipped_before"],
             "lr": float(engine.get_lr()[0]),
             "grad_norm": _grad_norm(engine),
             "loss_scale": _loss_scale(engine),
@@ -534,6 +549,34 @@ class _Loop:
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                         real_token_fraction=f"{record['real_token_fraction']:.3f}", refresh=False)
         self._reset_window()
+        longest = all_reduce_max(bad_run, engine.device)
+        if longest >= self.cfg.training.max_bad_steps:
+            raise NonFiniteError(
+                f"the loss was NaN or infinite for {int(longest)} optimiser steps in a row (by step {self.state.step}; "
+                f"--max-bad-steps {self.cfg.training.max_bad_steps}); their updates were skipped, so no checkpoint "
+                f"holds non-finite weights. {self._last_checkpoint_sentence()} Lower --lr (or raise --warmup-steps), "
+                "check the data for broken rows, then resume from it")
+        if bad_micro and self.is_main:
+            logger.warning("step %d: %d micro-batch(es) of this log window had a NaN or infinite loss; their "
+                           "updates were skipped", self.state.step, int(bad_micro))
+
+    def _count_loss(self, loss: torch.Tensor) -> None:
+        """Add a micro-batch's loss to the window on the device; a NaN or infinite one is counted, not summed."""
+        bad = ~torch.isfinite(loss)
+        self.window_loss.add_(torch.where(bad, 0.0, loss.to(torch.float64)))
+        self.window_bad[0].add_(bad.to(torch.float64))
+        self.step_bad.logical_or_(bad)
+
+    def _end_step(self) -> None:
+        """Extend or end the run of bad optimiser steps (all on the device)."""
+        self.bad_run = torch.where(self.step_bad, self.bad_run + 1, 0.0)
+        torch.maximum(self.window_bad[1], self.bad_run, out=self.window_bad[1])
+        self.step_bad.zero_()
+
+    def _last_checkpoint_sentence(self) -> str:
+        intact = self.checkpoints.latest() if hasattr(self.checkpoints, "latest") else None
+        return (f"The last checkpoint, {intact}, is intact." if intact is not None
+                else "No checkpoint was written before it.")
 
     def _evaluate(self) -> None:
         started = time.perf_counter()
@@ -549,6 +592,13 @@ class _Loop:
 
     def _save(self) -> None:
         started = time.perf_counter()
+        from framework.training.engine import weights_are_finite
+
+        # Every rank tests its own weights (ZeRO shards differ); one non-finite rank stops them all.
+        if all_reduce_max(0.0 if weights_are_finite(self.engine.module) else 1.0, self.engine.device):
+            raise NonFiniteError(
+                f"the weights at step {self.state.step} are not finite, so they were not saved. "
+                f"{self._last_checkpoint_sentence()} Lower --lr (or raise --warmup-steps) and resume from it")
         self.result.checkpoint = self.checkpoints.save(self.engine, self.state, self.cfg)
         self.window_start += time.perf_counter() - started
 

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
         return 2
     from framework.masking.base import MaskingConfigError
+    from framework.training.safe_load import UnsafeFileError
     from framework.training.trainer import run_pretraining
 
     try:
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FileNotFoundError as exc:  # a model, tokenizer or corpus named in the config is missing or unreadable
         print(f"launch/pretrain.py: {exc}", file=sys.stderr)
+        return 2
+    except UnsafeFileError as exc:  # a checkpoint or --model file pickles code (docs/security.md); nothing ran
+        print(f"launch/pretrain.py: error: {exc}", file=sys.stderr)
         return 2
     if result.exported_model is not None or result.loss_plot is not None:
         print(f"done: {result.steps} steps; checkpoint {result.checkpoint}; model {result.exported_model}; "

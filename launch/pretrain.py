@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from framework.masking.base import MaskingConfigError
     from framework.training.checkpoint import CheckpointError
+    from framework.training.safe_load import UnsafeFileError
     from framework.training.trainer import NonFiniteError, run_pretraining
 
     try:
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as exc:  # the training diverged; its last finite checkpoint is kept
         print(f"launch/pretrain.py: training stopped: {exc}", file=sys.stderr)
         return 3
+    except UnsafeFileError as exc:  # a checkpoint or --model file pickles code (docs/security.md); nothing ran
+        print(f"launch/pretrain.py: error: {exc}", file=sys.stderr)
+        return 2
     if result.exported_model is not None or result.loss_plot is not None:
         print(f"done: {result.steps} steps; checkpoint {result.checkpoint}; model {result.exported_model}; "
               f"metrics {result.output_dir / 'metrics.jsonl'}; plot {result.loss_plot}", flush=True)

@@ -246,18 +246,17 @@ def test_two_rank_zero2_checkpoint_is_reassembled(tmp_path: Path, tiny_tokenizer
         torch.testing.assert_close(exported[name], tensor, rtol=0, atol=0, msg=name)
 
 
-def test_pickled_objects_fall_back_to_a_full_load_with_a_warning(
-    zero0: TrainedCheckpoint, tmp_path: Path, caplog
-) -> None:
+def test_pickled_objects_are_refused_not_unpickled(zero0: TrainedCheckpoint, tmp_path: Path) -> None:
+    """An object outside the allow-list (here what older training scripts stored) is refused, never unpickled."""
     import argparse
 
-    from framework.training.export import export_checkpoint
+    from framework.training.export import ExportError, export_checkpoint
 
     tag = tmp_path / "legacy" / "global_step1"
     shutil.copytree(zero0.tag_dir, tag)
     states = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=True)
-    states["args"] = argparse.Namespace(lr=0.1)  # what older training scripts stored; weights_only refuses it
+    states["args"] = argparse.Namespace(lr=0.1)
     torch.save(states, tag / "mp_rank_00_model_states.pt")
-    out = export_checkpoint(tag, tmp_path / "model")
-    assert "weights_only=False" in caplog.text and "trust" in caplog.text
-    assert (out / "model.safetensors").is_file()
+    with pytest.raises(ExportError, match="mp_rank_00_model_states.pt: refused to load.*argparse.Namespace"):
+        export_checkpoint(tag, tmp_path / "model")
+    assert not (tmp_path / "model").exists()

@@ -72,14 +72,20 @@ def load_model(model_dir: str | Path, device: "str | torch.device | None" = None
     Raises:
         FillMaskError: a one-line message when the folder is missing or holds no loadable model/tokenizer.
     """
+    import pickle
+
     import torch
     from transformers import AutoTokenizer, BertForMaskedLM
+
+    from framework.training.safe_load import describe_unpickling_error
 
     check_model_folder(model_dir)
     name = str(model_dir)
     try:
-        model = BertForMaskedLM.from_pretrained(name)
+        model = BertForMaskedLM.from_pretrained(name, weights_only=True)  # a pickled pytorch_model.bin runs nothing
         tokenizer = AutoTokenizer.from_pretrained(name)
+    except pickle.UnpicklingError as err:
+        raise FillMaskError(f"--model {name}: {describe_unpickling_error(name, err)}") from None
     except (OSError, ValueError, KeyError) as err:
         raise FillMaskError(f"--model {name}: cannot load a BERT masked-LM and its tokenizer ({_first_line(err)}); "
                             "give a folder with config.json, model.safetensors and vocab.txt") from err

@@ -339,8 +339,12 @@ class _Evaluator:
 
 def load_classifier(model_dir: str | Path, labels: Sequence[str]) -> Any:
     """``BertForSequenceClassification`` from a pretrained (MLM) folder, with a fresh ``len(labels)``-way head."""
+    import pickle
+
     from transformers import BertForSequenceClassification
     from transformers.utils import logging as hf_logging
+
+    from framework.training.safe_load import describe_unpickling_error
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized: classifier, pooler" report is expected here
@@ -348,7 +352,10 @@ def load_classifier(model_dir: str | Path, labels: Sequence[str]) -> Any:
     try:
         model = BertForSequenceClassification.from_pretrained(
             str(model_dir), num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)})
+            label2id={label: i for i, label in enumerate(labels)}, weights_only=True)  # a pickled .bin runs nothing
+    except pickle.UnpicklingError as exc:
+        raise FileNotFoundError(f"cannot load a BERT model from {model_dir}: "
+                                f"{describe_unpickling_error(model_dir, exc)}") from None
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"cannot load a BERT model from {model_dir}: {exc}") from exc
     finally:

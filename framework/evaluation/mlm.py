@@ -233,8 +233,14 @@ def evaluate(cfg: EvaluateConfig, items_out: str | Path | None = None) -> dict[s
     # Reference masks: the questions stay the same when a later version makes mask_batch faster.
     collator = MaskingCollator(strategy, dataset.vocab_info, seed=cfg.seed, reference_masks=True)
     collator.set_epoch(0)
+    import pickle
+
+    from framework.training.safe_load import describe_unpickling_error
+
     try:
-        model = BertForMaskedLMAtLabels.from_pretrained(cfg.model)
+        model = BertForMaskedLMAtLabels.from_pretrained(cfg.model, weights_only=True)  # a pickled .bin runs nothing
+    except pickle.UnpicklingError as exc:
+        raise EvaluateError(f"--model {cfg.model}: {describe_unpickling_error(cfg.model, exc)}") from None
     except (OSError, ValueError) as exc:
         raise EvaluateError(f"--model {cfg.model}: cannot load a BERT masked-LM ({exc})") from exc
     if model.get_input_embeddings().num_embeddings < dataset.vocab_info.vocab_size:

@@ -83,15 +83,25 @@ def checkpoint_tag(step: int) -> str:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The Python, NumPy, torch and (where present) CUDA generator states of this process."""
+    """The Python, NumPy, torch and (where present) CUDA generator states of this process.
+
+    Returned as tensors and plain numbers (:func:`~framework.training.safe_load.encode_rng_state`), so the
+    ``rng_state_rank{R}.pt`` it is saved to loads with ``torch.load(weights_only=True)``: no pickled object of
+    a checkpoint is ever executed (docs/security.md).
+    """
+    from framework.training.safe_load import encode_rng_state
+
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
-    return state
+    return encode_rng_state(state)
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Put back what :func:`capture_rng_state` saved."""
+    from framework.training.safe_load import decode_rng_state
+
+    state = decode_rng_state(state)
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -290,7 +300,14 @@ class CheckpointManager:
 
         RNG states are returned to the caller through :meth:`restore_rng`, to be applied right before the first
         resumed step (building loaders and metrics in between must not shift them).
+
+        Every file is read with ``torch.load(weights_only=True)`` and DeepSpeed's allow-list
+        (:func:`~framework.training.safe_load.install_safe_checkpoint_engine`); a file that pickles anything else
+        raises :class:`~framework.training.safe_load.UnsafeFileError` before any of it runs.
         """
+        from framework.training.safe_load import install_safe_checkpoint_engine
+
+        install_safe_checkpoint_engine(engine)
         path, client_state = engine.load_checkpoint(str(folder.parent), tag=folder.name,
                                                     load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None or client_state is None:
@@ -301,13 +318,19 @@ class CheckpointManager:
         return state
 
     def restore_rng(self, folder: Path) -> None:
-        """Restore this rank's RNG states saved in ``folder`` (warns when the world size changed)."""
+        """Restore this rank's RNG states saved in ``folder`` (warns when the world size changed).
+
+        The file is read weights-only; one of the old pickle format is refused with a message saying how to
+        convert it (:func:`~framework.training.safe_load.load_rng_file`).
+        """
         path = folder / f"rng_state_rank{self.rank}.pt"
         if not path.is_file():
             logger.warning("%s has no RNG state for rank %d (different world size?); dropout will differ from an "
                            "uninterrupted run", folder, self.rank)
             return
-        restore_rng_state(torch.load(path, weights_only=False))
+        from framework.training.safe_load import load_rng_file
+
+        restore_rng_state(load_rng_file(path))
 
     def _prune(self) -> None:
         """Keep the newest ``keep_last`` complete checkpoints; remove older ones and interrupted saves."""

@@ -16,17 +16,15 @@ Rebuilding the model needs its architecture and tokenizer. Each checkpoint tag f
 without it, ``run_config.json`` (the run's model section) is used, with the vocabulary size read from the
 saved embedding matrix.
 
-Safety: ``mp_rank_00_model_states.pt`` is read with ``torch.load(weights_only=True)``. Only if that fails
-(DeepSpeed pickles its config and the client state into the same file, and some versions store objects the
-safe loader rejects) is the file re-read with ``weights_only=False``, with a warning: unpickling can run
-code, so export only checkpoints you trust. DeepSpeed's own ``zero_to_fp32`` always unpickles its shard files.
+Safety: every file is read with ``torch.load(weights_only=True)`` and the allow-list of the few classes DeepSpeed
+pickles (:mod:`framework.training.safe_load`), ``zero_to_fp32``'s shard reads included; a file that pickles
+anything else is refused with an :class:`ExportError` naming it and the offending global, and nothing of it runs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -193,15 +191,13 @@ def _check_complete(tag_dir: Path) -> None:
 
 
 def _load_model_states(path: Path) -> dict[str, Any]:
-    """DeepSpeed's ``mp_rank_00_model_states.pt``, loaded safely where possible (see the module docstring)."""
+    """DeepSpeed's ``mp_rank_00_model_states.pt``, loaded weights-only (see the module docstring)."""
+    from framework.training.safe_load import UnsafeFileError, load_weights_only
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        logger.warning(
-            "%s holds pickled objects that torch.load(weights_only=True) refuses (%s); loading it with "
-            "weights_only=False because DeepSpeed stores its config and client state there. Only export "
-            "checkpoints you trust.", path, str(err).splitlines()[0])
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_weights_only(path, map_location="cpu")
+    except UnsafeFileError as err:
+        raise ExportError(str(err)) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ExportError(f"{path}: cannot read this DeepSpeed file ({type(err).__name__}: {err}); "
                           "it may be truncated by an interrupted save") from err
@@ -209,10 +205,13 @@ def _load_model_states(path: Path) -> dict[str, Any]:
 
 def _zero_fp32_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """Reassemble the fp32 weights of a ZeRO checkpoint from all ranks' shards (DeepSpeed's zero_to_fp32)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from framework.training.safe_load import UnsafeFileError, safe_zero_to_fp32
 
     try:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        with safe_zero_to_fp32() as zero_to_fp32:  # its shard reads are weights-only too
+            state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except UnsafeFileError as err:
+        raise ExportError(str(err)) from None
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise ExportError(f"{tag_dir}: DeepSpeed could not reassemble the ZeRO shards ({type(err).__name__}: "
                           f"{err}); the folder must hold every rank's *_optim_states.pt") from err

@@ -96,16 +96,23 @@ def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN
         tokenizer: the run's tokenizer; its length bounds the embedding table from below.
         seed: seeds the initialisation of new weights (all of them from scratch; a missing head otherwise).
     """
+    import pickle
+
     import torch
 
     from framework.training.masked_lm import BertForMaskedLMAtLabels as BertForMaskedLM
+    from framework.training.safe_load import UnsafeFileError, describe_unpickling_error
 
     torch.manual_seed(seed)
     attention = attention_implementation()
     if config.name_or_path:
         try:
-            model = BertForMaskedLM.from_pretrained(config.name_or_path,
+            # weights_only=True (transformers 5's default, kept explicit): a pickled pytorch_model.bin runs nothing.
+            model = BertForMaskedLM.from_pretrained(config.name_or_path, weights_only=True,
                                                     **({"attn_implementation": attention} if attention else {}))
+        except pickle.UnpicklingError as exc:
+            message = describe_unpickling_error(config.name_or_path, exc)
+            raise UnsafeFileError(f"--model {config.name_or_path}: {message}") from None
         except (OSError, ValueError) as exc:
             raise FileNotFoundError(
                 f"cannot load a BERT checkpoint from {config.name_or_path}: give --model a folder with config.json "

@@ -44,10 +44,18 @@ class Planted:
 
 
 def plant(path: Path, target: Path) -> None:
-    """Add a :class:`Planted` object to the dict that ``path`` holds, in place."""
+    """Add a :class:`Planted` object to the dict that ``path`` holds, in place.
+
+    An attacker who can write the file can rewrite the checkpoint's manifest too (it guards against damage, not
+    against intent), so the manifest is brought up to date: the weights-only loading must stop the pickle alone.
+    """
+    from framework.training.checkpoint import MANIFEST, write_manifest
+
     obj = load_weights_only(path)
     obj["planted"] = Planted(target)
     torch.save(obj, path)
+    if (path.parent / MANIFEST).is_file():
+        write_manifest(path.parent)
 
 
 def assert_refused_in_one_line(message: str, path: Path, target: Path) -> None:

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
         return 2
+    from framework.data.readers import BadInputError
     from framework.masking.base import MaskingConfigError
     from framework.training.trainer import run_pretraining
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MaskingConfigError) as exc:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:  # a model, tokenizer or corpus named in the config is missing or unreadable
+    except (FileNotFoundError, BadInputError) as exc:  # a model, tokenizer or corpus is missing or unreadable
         print(f"launch/pretrain.py: {exc}", file=sys.stderr)
         return 2
     if result.exported_model is not None or result.loss_plot is not None:

@@ -245,3 +245,36 @@ def test_segmenter_spans_partition_every_sentence(segmenter, texts: list[str]) -
         words = {tuple(w) for w in spans.tolist()}
         assert all(tuple(e) in words for e in sentence.entity_spans.tolist())
         assert ((0 <= sentence.entity_ids) & (sentence.entity_ids < len(segmenter.keywords))).all()
+
+
+def test_segmented_build_reads_any_corpus_bytes_or_names_the_line(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
+    """A hand-made corpus of arbitrary bytes: built with one example per non-empty line, or refused naming the
+    line (not UTF-8) or the file (no sentences). Few examples: each build loads a tokenizer and jieba."""
+    from framework.data.segmented import build_segmented_dataset
+
+    utf8 = odd_text.map(lambda t: "".join(ch for ch in t if not "\ud800" <= ch <= "\udfff").encode("utf-8"))
+    # Mostly UTF-8 lines (the build must succeed on those); now and then a broken one.
+    corpus_lines = st.lists(utf8, max_size=5) | st.lists(st.one_of(utf8, st.binary(max_size=12)), max_size=5)
+
+    @settings(derandomize=True, max_examples=8, deadline=None, database=None)
+    @given(lines=corpus_lines)
+    def run(lines: list[bytes]) -> None:
+        corpus = tmp_path / "train.txt"
+        corpus.write_bytes(b"\n".join(lines) + b"\n")
+        kept = [line.rstrip(b"\r") for line in corpus.read_bytes().split(b"\n")[:-1]]
+        kept = [line for line in kept if line]
+        try:
+            dataset = build_segmented_dataset(corpus, tiny_tokenizer_dir, cache_dir=tmp_path / "cache", workers=1,
+                                              progress=False)
+        except BadInputError as exc:
+            assert "not valid UTF-8" in str(exc) and str(corpus) in str(exc)
+            return
+        except ValueError as exc:
+            assert "has no sentences" in str(exc) and not kept
+            return
+        assert len(dataset) == len(kept)
+        for i in range(len(dataset)):
+            example = dataset[i]
+            assert example.input_ids[0] == dataset.vocab_info.cls_token_id and example.special_mask[-1]
+
+    run()

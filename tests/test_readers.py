@@ -252,3 +252,13 @@ def test_lone_surrogate_escapes_are_bad_rows(tmp_path: Path) -> None:
     log = BadRowLog()
     assert [p.line for p in read_papers(path, text_fields=["title", "abstract"], bad_rows=log)] == [2]
     assert dict(log.counts) == {"invalid_utf8": 1}
+
+
+def test_csv_record_the_csv_module_refuses_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    path.write_text("title,abstract\n题目,摘要.\n长题目," + "长" * 200_000 + "\n题目三,摘要三.\n", encoding="utf-8")
+    log = BadRowLog()
+    assert [p.line for p in read_papers(path, text_fields=["title", "abstract"], bad_rows=log)] == [2, 4]
+    assert dict(log.counts) == {"invalid_csv": 1}
+    with pytest.raises(BadInputError, match=r"long\.csv:3: the CSV record cannot be read \(field larger than"):
+        list(read_papers(path, text_fields=["title", "abstract"], bad_rows=BadRowLog(on_bad_row="error")))

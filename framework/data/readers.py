@@ -74,7 +74,7 @@ OnBadRow = Literal["skip", "error"]
 
 BAD_ROW_REASONS = (
     "invalid_utf8", "field_count", "missing_field", "empty_keywords", "invalid_json", "unknown_task", "empty_file",
-    "corrupt_gzip",
+    "corrupt_gzip", "invalid_csv",
 )
 
 CSL_TASKS = ("to category", "to discipline", "to keywords", "to title")
@@ -403,7 +403,11 @@ def _csv_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) ->
         reported = 0  # bytes already attributed to a chunk (the binary position, read-ahead included)
         seen_row = False
         try:
-            for cells in reader:
+            for cells in _csv_records(reader):
+                if isinstance(cells, FileProblem):  # a record the csv module cannot parse: counted, reading goes on
+                    rows.append((reader.line_num, cells))
+                    seen_row = True
+                    continue
                 if not cells or (len(cells) == 1 and not cells[0].strip()):
                     continue  # a blank line; a line of only commas is a row of empty fields, counted below
                 if header is None:
@@ -423,6 +427,19 @@ def _csv_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) ->
             yield Chunk(source, "csv", fields, header, rows, total - reported)
         if not seen_row:
             yield _empty_file_chunk(source, "csv", fields, 0)
+
+
+def _csv_records(reader: Any) -> Iterator[list[str] | FileProblem]:
+    """``reader``'s records, with an ``invalid_csv`` problem in place of one it raises ``csv.Error`` on (a field
+    over ``csv.field_size_limit()``); the reader resumes at the next line, so the rows after it are kept."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield FileProblem("invalid_csv", f"the CSV record cannot be read ({exc})",
+                              "fix the quoting of that row, or split a field longer than the limit")
 
 
 def _json_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) -> Iterator[Chunk]:

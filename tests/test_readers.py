@@ -262,3 +262,16 @@ def test_csv_record_the_csv_module_refuses_is_counted(tmp_path: Path) -> None:
     assert dict(log.counts) == {"invalid_csv": 1}
     with pytest.raises(BadInputError, match=r"long\.csv:3: the CSV record cannot be read \(field larger than"):
         list(read_papers(path, text_fields=["title", "abstract"], bad_rows=BadRowLog(on_bad_row="error")))
+
+
+def test_json_python_cannot_load_is_a_bad_row_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "\n" + '{"title": "t", "abstract": "摘要.", "n": ' + "1" * 5000 + "}\n"
+                    + '{"title": "题目", "abstract": "摘要."}\n', encoding="utf-8")
+    log = BadRowLog()
+    assert [p.line for p in read_papers(path, text_fields=["title", "abstract"], bad_rows=log)] == [3]
+    assert dict(log.counts) == {"invalid_json": 2}
+    array = tmp_path / "deep.json"
+    array.write_text("[" * 100_000, encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"deep\.json: JSON that cannot be loaded \(RecursionError"):
+        list(read_papers(array))

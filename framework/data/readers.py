@@ -467,6 +467,9 @@ def _json_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) -
             f"{source}:{exc.lineno}: not valid JSON ({exc.msg}); fix the file, or pass --format jsonl if it "
             "holds one object a line"
         ) from exc
+    except (RecursionError, ValueError) as exc:
+        raise BadInputError(f"{source}: JSON that cannot be loaded ({type(exc).__name__}: {str(exc)[:80]}); fix the "
+                            "file (nesting or a number beyond Python's limits)") from None
     if isinstance(records, dict):
         records = [records]
     if not isinstance(records, list):
@@ -529,6 +532,11 @@ def _parse_row(chunk: Chunk, name: str, lineno: int, payload: Any) -> Paper:
                 "invalid_json", f"not a JSON object ({exc.msg} at column {exc.colno})",
                 "fix the row, or pass --format if the file is not JSON lines",
             ) from None
+        except (RecursionError, ValueError) as exc:
+            # Valid JSON that Python refuses: nesting deeper than the recursion limit, an integer of more
+            # than sys.get_int_max_str_digits() digits.
+            raise BadRow("invalid_json", f"JSON that cannot be loaded ({type(exc).__name__}: {str(exc)[:80]})",
+                         "fix the row: no paper has such nesting or numbers") from None
         return _from_record(record, chunk, name, lineno)
     if fmt == "tsv":
         cells = _decode(payload).split("\t")

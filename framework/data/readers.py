@@ -273,7 +273,7 @@ def _format_from_extension(ext: str) -> Format:
 def detect_format(path: str | Path, text_fields: Iterable[str] | None = None) -> Format:
     """Guess the format of ``path`` from its extension (``.gz`` ignored) and its first non-empty line.
 
-    ``.jsonl``/``.ndjson`` and ``.json`` files whose first line is a complete object are JSON lines, other
+    ``.jsonl``/``.ndjson`` files and ``.json`` files whose first line is a complete object are JSON lines, other
     ``.json`` files a JSON array; ``.csv`` is CSV; a tab-separated first line starting with a CSL task name
     (``to keywords``...) is ``csl-task``, one whose fields include all the given ``text_fields`` is a ``tsv``
     header, one with five fields the ``csl`` release. A file without a row (empty, or a ``.gz`` damaged before

@@ -98,12 +98,16 @@ class ModelConfig:
         config: architecture for a model from scratch.
         tokenizer: tokenizer folder or hub name; defaults to ``name_or_path`` for a pretrained model.
         vocab_size: size bound of a vocabulary built from the corpus.
+        resize_embeddings: let a pretrained model's embedding table grow to a larger tokenizer that appends
+            tokens to the model's vocabulary (the new rows start untrained). Off: a tokenizer with more tokens
+            than the table is an error. A tokenizer of another vocabulary is an error either way.
     """
 
     name_or_path: str | None = None
     config: str | None = None
     tokenizer: str | None = None
     vocab_size: int = 8000
+    resize_embeddings: bool = False
 
 
 @dataclass
@@ -364,6 +368,8 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--model-config": ("model.config", str, "model from scratch: tiny, small, base or a BERT config.json"),
     "--tokenizer": ("model.tokenizer", str, "tokenizer folder or hub name (default: --model, or built from the corpus)"),
     "--vocab-size": ("model.vocab_size", int, "size of a vocabulary built from the corpus (default 8000)"),
+    "--resize-embeddings": ("model.resize_embeddings", "true", "grow a pretrained --model's embedding table to a "
+                            "larger --tokenizer that appends tokens to its vocabulary (default: an error)"),
     "--masking": ("masking.name", str, "masking strategy name or package.module:Class (default entity_wwm)"),
     "--masking-args": ("masking.args", "mapping", "strategy options as JSON/YAML, e.g. '{\"mask_prob\": 0.2}'"),
     "--deepspeed_config": ("training.deepspeed_config", str, "DeepSpeed JSON (default: ds_configs/2080ti.json on GPU, cpu.json on CPU)"),
@@ -504,6 +510,9 @@ def _validate(cfg: RunConfig) -> None:
     if m.tokenizer and _looks_local(m.tokenizer) and not Path(m.tokenizer).is_dir():
         raise ConfigError(f"model.tokenizer={m.tokenizer}: no such folder; give a tokenizer folder (vocab.txt) or a hub name")
     _positive(m.vocab_size, "model.vocab_size", "--vocab-size")
+    if m.resize_embeddings and not m.name_or_path:
+        raise ConfigError("--resize-embeddings (model.resize_embeddings) applies to a pretrained --model; a model "
+                          "from scratch is sized for its tokenizer already: drop the flag")
 
     if not cfg.masking.name:
         raise ConfigError("masking.name is empty: give --masking entity_wwm (or another registered strategy)")

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
         return 2
+    from framework.data.readers import BadInputError
     from framework.masking.base import MaskingConfigError
     from framework.training.checkpoint import CheckpointError
     from framework.training.safe_load import UnsafeFileError
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MaskingConfigError) as exc:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:  # a model, tokenizer or corpus named in the config is missing or unreadable
+    except (FileNotFoundError, BadInputError) as exc:  # a model, tokenizer or corpus is missing or unreadable
         print(f"launch/pretrain.py: {exc}", file=sys.stderr)
         return 2
     except CheckpointError as exc:  # --resume named a damaged checkpoint, or none of the run's verifies

@@ -209,3 +209,62 @@ def test_bad_deepspeed_json_names_line(tmp_path: Path) -> None:
     path.write_text('{\n  "train_micro_batch_size_per_gpu": 4,\n  "bf16": {"enabled": true,}\n}\n')
     with pytest.raises(ConfigError, match=r"ds.json:3:"):
         resolve_deepspeed_config(path, RunConfig().training, 1, 100, cuda=False)
+
+
+def test_train_batch_size_that_contradicts_the_geometry_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "ds.json"
+    training = RunConfig().training
+    training.max_steps = 10
+    for given, ok in ((64, False), ("auto", True), (32, True)):
+        path.write_text(json.dumps({"train_batch_size": given, "train_micro_batch_size_per_gpu": 16,
+                                    "gradient_accumulation_steps": 2}))
+        if ok:
+            assert resolve_deepspeed_config(path, training, 1, 1000, cuda=False).config["train_batch_size"] == 32
+            continue
+        with pytest.raises(ConfigError, match=r"ds\.json: train_batch_size=64 contradicts micro-batch 16 x "
+                                              r"accumulation 2 x 1 rank\(s\) = 32; set train_batch_size to 32"):
+            resolve_deepspeed_config(path, training, 1, 1000, cuda=False)
+    # The shipped 1024-sequence recipe: --grad-accum 4 on 4 ranks steps on 512, not the file's 1024.
+    training.gradient_accumulation_steps = 4
+    with pytest.raises(ConfigError, match=r"train_batch_size=1024 contradicts .* = 512"):
+        resolve_deepspeed_config(DS_CONFIG_DIR / "multi-gpu.json", training, 4, 100_000, cuda=True)
+    assert resolve_deepspeed_config(DS_CONFIG_DIR / "multi-gpu.json", training, 8, 100_000,
+                                    cuda=True).gradient_accumulation_steps == 4
+
+
+def test_configured_secrets_are_scrubbed_from_saved_configs_and_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    import logging
+
+    from framework.training.engine import setup_logging
+
+    wandb_key, hf_token = "0123456789abcdef0123456789abcdef01234567", "hf_abcdefghijklmnopqrstuvwxyz"
+    monkeypatch.setenv("WANDB_API_KEY", wandb_key)
+    monkeypatch.setenv("HF_TOKEN", hf_token)
+    monkeypatch.setenv("SECRET_DIR", str(tmp_path))  # a path, not a secret value: saved configs keep paths
+    monkeypatch.setenv("SOME_TOKEN", "1")  # too short to scrub from text
+    cfg = load_run_config(["--max-steps", "1", "--run-name", f"run-{wandb_key}", "--tags", f"a,{hf_token}",
+                           "--output-dir", str(tmp_path / "out")])
+    cfg.save(tmp_path / "ckpt")
+    for text in ((tmp_path / "ckpt" / "run_config.json").read_text(), (tmp_path / "ckpt" / "run_config.yaml").read_text(),
+                 cfg.to_yaml()):
+        assert wandb_key not in text and hf_token not in text and REDACTED in text
+        assert str(tmp_path / "out") in text
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        setup_logging(0)
+        logging.getLogger("framework.training").info("resolved %s with %s", f"run-{wandb_key}", {"t": hf_token})
+        try:
+            raise RuntimeError(f"server refused key {wandb_key}")
+        except RuntimeError:
+            logging.getLogger("framework.training").exception("W&B failed")
+        out = capsys.readouterr().out
+    finally:
+        for handler in root.handlers:
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+    assert "resolved run-" + REDACTED in out and "W&B failed" in out and "server refused key " + REDACTED in out
+    assert wandb_key not in out and hf_token not in out

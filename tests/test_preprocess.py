@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import re
@@ -169,6 +170,7 @@ def test_input_without_sentences_is_an_error(tmp_path: Path) -> None:
         ({"on_bad_row": "ignore"}, "--on-bad-row 'ignore'"),
         ({"inputs": ["/nonexistent/papers.tsv"]}, "--input /nonexistent/papers.tsv: no such file"),
         ({"extra_lexicons": ["/nonexistent/dict.txt"]}, "--extra-lexicon /nonexistent/dict.txt"),
+        ({"inputs": [ROOT / "tests"]}, f"--input {ROOT / 'tests'} is a directory: give the files in it"),
     ],
 )
 def test_config_validation_says_what_to_change(tmp_path: Path, overrides: dict, message: str) -> None:
@@ -239,3 +241,27 @@ def test_many_inputs_of_different_formats(tmp_path: Path, shared_data_dir: Path,
     assert stats["input_bytes"] == sum(p.stat().st_size for p in inputs)
     assert stats["sentences_kept"] > 4564 + 7500 + 10000
     assert set(load_lexicon(result.keywords)) == {normalize_keyword(k) for k in csl_keywords}  # csl-dev's only
+
+
+def test_an_empty_input_among_others_is_counted_and_the_run_goes_on(tmp_path: Path, csl_tsv: Path) -> None:
+    rows = csl_tsv.read_bytes().splitlines(keepends=True)[:40]
+    good = tmp_path / "good.tsv"
+    good.write_bytes(b"".join(rows))
+    empties = [tmp_path / "empty.tsv", tmp_path / "blank.csv", tmp_path / "empty.tsv.gz"]
+    empties[0].write_bytes(b"")
+    empties[1].write_bytes(b"\n\n")
+    empties[2].write_bytes(gzip.compress(b""))
+    result = _run([empties[0], good, *empties[1:]], tmp_path / "out")
+    assert result.stats["papers_read"] == 40 and result.stats["bad_rows"] == {"empty_file": 3}
+    with pytest.raises(NoSentencesError, match=r"every input is empty"):
+        _run(empties, tmp_path / "none")
+
+
+def test_truncated_gzip_input_keeps_its_rows(tmp_path: Path, csl_tsv: Path) -> None:
+    whole = gzip.compress(csl_tsv.read_bytes())
+    broken = tmp_path / "csl.tsv.gz"
+    broken.write_bytes(whole[: len(whole) // 2])
+    result = _run([broken], tmp_path / "out")
+    assert result.stats["bad_rows"] == {"corrupt_gzip": 1} and 100 < result.stats["papers_read"] < 1000
+    with pytest.raises(BadInputError, match=r"csl\.tsv\.gz:\d+: the compressed stream is truncated"):
+        _run([broken], tmp_path / "error", on_bad_row="error")

@@ -209,14 +209,16 @@ def test_killed_run_resumes_with_identical_losses(scratch_run: tuple[Path, subpr
 def test_pretrained_model_embeddings_grow_to_a_larger_tokenizer(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
     from transformers import BertConfig, BertForMaskedLM
 
-    from framework.config import ModelConfig
+    from framework.config import ConfigError, ModelConfig
     from framework.training.model import build_model, load_tokenizer
 
     small = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=64))
     small.save_pretrained(tmp_path / "small")
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
-    model = build_model(ModelConfig(name_or_path=str(tmp_path / "small")), tokenizer, seed=0)
+    with pytest.raises(ConfigError, match=r"has \d+ tokens but --model .* has 100 embedding rows.*--resize-embeddings"):
+        build_model(ModelConfig(name_or_path=str(tmp_path / "small")), tokenizer, seed=0)  # never silently resized
+    model = build_model(ModelConfig(name_or_path=str(tmp_path / "small"), resize_embeddings=True), tokenizer, seed=0)
     rows = model.get_input_embeddings().num_embeddings
     assert rows >= len(tokenizer) and rows % 8 == 0
     assert model.get_output_embeddings().weight.shape[0] == rows  # the MLM decoder follows

@@ -182,3 +182,96 @@ def test_missing_file_empty_file_and_unknown_format(tmp_path: Path) -> None:
     header_only.write_text("text\tkw\n", encoding="utf-8")
     with pytest.raises(BadInputError, match=r"h\.tsv:1: the header .* lacks the field\(s\) \['abstract'\]"):
         list(read_papers(header_only, fmt="tsv", text_fields=["text", "abstract"]))
+
+
+def test_truncated_or_corrupt_gzip_keeps_what_was_read_and_counts_the_damage(tmp_path: Path, csl_tsv: Path) -> None:
+    whole = gzip.compress(csl_tsv.read_bytes())
+    truncated = tmp_path / "csl.tsv.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    assert detect_format(truncated) == "csl"
+    log = BadRowLog()
+    papers = list(read_papers(truncated, bad_rows=log))
+    assert 100 < len(papers) < 1000 and dict(log.counts) == {"corrupt_gzip": 1}
+    assert [p.line for p in papers] == list(range(1, len(papers) + 1))  # every row before the damage
+    with pytest.raises(BadInputError, match=rf"csl\.tsv\.gz:{len(papers) + 1}: the compressed stream is truncated"):
+        list(read_papers(truncated, bad_rows=BadRowLog(on_bad_row="error")))
+    # Not gzip at all, behind a .gz name: counted at line 1, also when --format is given.
+    fake = tmp_path / "fake.jsonl.gz"
+    fake.write_bytes(b'{"title": "t"}\n')
+    for fmt in (None, "jsonl"):
+        log = BadRowLog()
+        assert list(read_papers(fake, fmt=fmt, bad_rows=log)) == [] and dict(log.counts) == {"corrupt_gzip": 1}
+    # A JSON array cannot be read in part: refused with file and line, no traceback.
+    array = tmp_path / "papers.json.gz"
+    array.write_bytes(gzip.compress(json.dumps([{"title": f"题目{i}", "abstract": f"摘要{i}."} for i in range(3000)], indent=1).encode())[:900])
+    with pytest.raises(BadInputError, match=r"papers\.json\.gz:\d+: the compressed stream is truncated or corrupt"):
+        list(read_papers(array, text_fields=["title", "abstract"]))
+    csv_gz = tmp_path / "papers.csv.gz"
+    rows = "".join(f"题目{i},摘要{i}.\n" for i in range(3000))
+    csv_gz.write_bytes(gzip.compress(("title,abstract\n" + rows).encode())[:2000])
+    log = BadRowLog()
+    read = list(read_papers(csv_gz, text_fields=["title", "abstract"], bad_rows=log))
+    assert read and dict(log.counts) == {"corrupt_gzip": 1}
+
+
+def test_rows_of_only_tabs_or_commas_are_counted(tmp_path: Path, csl_tsv: Path) -> None:
+    good = csl_tsv.read_bytes().splitlines(keepends=True)[:2]
+    path = tmp_path / "tabs.tsv"
+    path.write_bytes(good[0] + b"\t\t\t\t\n" + b"\t\n" + b"  \r\n" + good[1])  # the blank line is no row
+    log = BadRowLog()
+    assert [p.line for p in read_papers(path, fmt="csl", bad_rows=log)] == [1, 5]
+    assert dict(log.counts) == {"missing_field": 1, "field_count": 1}
+    assert detect_format(tmp_path / "tabs.tsv") == "csl"
+    only_tabs = tmp_path / "only-tabs.tsv"
+    only_tabs.write_bytes(b"\t\t\t\t\n")
+    log = BadRowLog()
+    assert list(read_papers(only_tabs, bad_rows=log)) == [] and dict(log.counts) == {"missing_field": 1}
+    table = tmp_path / "t.csv"
+    table.write_text("title,abstract\n题目,摘要.\n,\n\n", encoding="utf-8")
+    log = BadRowLog()
+    assert len(list(read_papers(table, text_fields=["title", "abstract"], bad_rows=log))) == 1
+    assert dict(log.counts) == {"missing_field": 1}
+
+
+def test_directory_and_empty_inputs(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match=r"is a directory, not an input file; give the files in it"):
+        list(read_papers(tmp_path))
+    with pytest.raises(BadInputError, match="is a directory"):
+        detect_format(tmp_path)
+    for name in ("empty.tsv", "empty.csv", "empty.json", "empty.txt", "empty.tsv.gz"):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(b"") if name.endswith(".gz") else b"\n")
+        log = BadRowLog()
+        assert list(read_papers(path, bad_rows=log)) == [] and dict(log.counts) == {"empty_file": 1}, name
+
+
+def test_lone_surrogate_escapes_are_bad_rows(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"title": "a\\ud800b", "abstract": "摘要."}\n{"title": "题目", "abstract": "摘要."}\n',
+                    encoding="utf-8")
+    log = BadRowLog()
+    assert [p.line for p in read_papers(path, text_fields=["title", "abstract"], bad_rows=log)] == [2]
+    assert dict(log.counts) == {"invalid_utf8": 1}
+
+
+def test_csv_record_the_csv_module_refuses_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    path.write_text("title,abstract\n题目,摘要.\n长题目," + "长" * 200_000 + "\n题目三,摘要三.\n", encoding="utf-8")
+    log = BadRowLog()
+    assert [p.line for p in read_papers(path, text_fields=["title", "abstract"], bad_rows=log)] == [2, 4]
+    assert dict(log.counts) == {"invalid_csv": 1}
+    with pytest.raises(BadInputError, match=r"long\.csv:3: the CSV record cannot be read \(field larger than"):
+        list(read_papers(path, text_fields=["title", "abstract"], bad_rows=BadRowLog(on_bad_row="error")))
+
+
+def test_json_python_cannot_load_is_a_bad_row_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "\n" + '{"title": "t", "abstract": "摘要.", "n": ' + "1" * 5000 + "}\n"
+                    + '{"title": "题目", "abstract": "摘要."}\n', encoding="utf-8")
+    log = BadRowLog()
+    assert [p.line for p in read_papers(path, text_fields=["title", "abstract"], bad_rows=log)] == [3]
+    assert dict(log.counts) == {"invalid_json": 2}
+    array = tmp_path / "deep.json"
+    array.write_text("[" * 100_000, encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"deep\.json: JSON that cannot be loaded \(RecursionError"):
+        list(read_papers(array))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer, BertTokenizer
 
+from framework.data.readers import BadInputError
 from framework.data.segmented import SegmentedDataset, build_segmented_dataset
 from framework.data.segmenter import Segmenter
 
@@ -129,3 +130,9 @@ def test_bad_inputs_name_the_fix(tmp_path: Path, tiny_tokenizer_dir: Path) -> No
     with pytest.raises(ValueError, match="no sentences"):
         build_segmented_dataset(empty, tiny_tokenizer_dir, workers=1, progress=False)
     assert not any(p.name.startswith(".") for p in (tmp_path / "segmented").iterdir())  # no half-built cache
+
+    not_utf8 = tmp_path / "latin1.txt"
+    not_utf8.write_bytes("研究方法\n".encode("utf-8") + "Müller研究\n".encode("latin-1", errors="replace"))
+    with pytest.raises(BadInputError, match=r"latin1\.txt:2: not valid UTF-8 .*launch/preprocess\.py"):
+        build_segmented_dataset(not_utf8, tiny_tokenizer_dir, workers=1, progress=False)
+    assert not any(p.name.startswith(".") for p in (tmp_path / "segmented").iterdir())

@@ -8,7 +8,8 @@ The rules, applied in this order (``docs/data.md`` has the rationale):
    ``[UNK]``. Chinese punctuation (``，。；：（）“”``) is kept as is: it is in the vocabulary and it is how the
    text was written. This is deliberately narrower than NFKC, which would also rewrite ``①``, ``㎡``, ``…``.
 2. **Invisible characters dropped**: C0/C1 control characters (tab and line breaks become whitespace first),
-   zero-width spaces and joiners, the byte-order mark, soft hyphens.
+   zero-width spaces and joiners, the byte-order mark, soft hyphens, and lone surrogates (no characters at all:
+   what a broken JSON escape such as ``\ud800`` decodes to; they cannot be written as UTF-8).
 3. **Whitespace removed**, except one space between two Latin-or-digit runs: Chinese needs no spaces, but
    ``Rodrigues parameter`` must not become ``Rodriguesparameter`` and ``1.2 mm`` must not become ``1.2mm``.
 4. **Symbol runs collapsed**: three or more of the same symbol (``！！！``, ``......``, ``----``) become one;
@@ -44,13 +45,20 @@ def _build_translation() -> dict[int, int | None]:
         table.setdefault(cp, None)
     for cp in (0x00AD, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF):
         table[cp] = None
+    for cp in range(_SURROGATES[0], _SURROGATES[1] + 1):
+        table[cp] = None
     return table
 
 
+_SURROGATES = (0xD800, 0xDFFF)
 _TRANSLATION = _build_translation()
 # str.translate with a dict costs a lookup per character; most sentences need none of it, and a regex scan
-# for "anything to translate" is several times cheaper than translating.
-_NEEDS_TRANSLATION_RE = re.compile("[" + "".join(re.escape(chr(cp)) for cp in sorted(_TRANSLATION)) + "]")
+# for "anything to translate" is several times cheaper than translating. The surrogates go in as one range.
+_NEEDS_TRANSLATION_RE = re.compile(
+    "["
+    + "".join(re.escape(chr(cp)) for cp in sorted(_TRANSLATION) if not _SURROGATES[0] <= cp <= _SURROGATES[1])
+    + f"{chr(_SURROGATES[0])}-{chr(_SURROGATES[1])}]"
+)
 
 # "Latin or digit" for the space rule: ASCII letters and digits plus the Latin-1/Latin Extended letters
 # (accented author names, "Müller").

@@ -135,6 +135,9 @@ class PreprocessConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option and the fix when the configuration cannot work."""
         for path in self.resolved_inputs():
+            if path.is_dir():
+                raise ValueError(f"--input {path} is a directory: give the files in it (e.g. --input {path}/*.jsonl), "
+                                 "not the folder")
             if not path.is_file():
                 raise ValueError(f"--input {path}: no such file (give existing files, or no --input for the demo)")
         if self.format is not None and self.format not in FORMATS:
@@ -482,7 +485,11 @@ def _progress_bar(enabled: bool) -> Any:
 
 
 def _check_nonempty(config: PreprocessConfig, tally: _Tally, bad_rows: BadRowLog) -> None:
-    inputs = ", ".join(str(p) for p in config.resolved_inputs())
+    paths = config.resolved_inputs()
+    inputs = ", ".join(str(p) for p in paths)
+    if tally.papers_read == 0 and bad_rows.counts.get("empty_file", 0) == len(paths) == bad_rows.total:
+        # An empty file among others is one skipped row; only when every input is empty is there nothing to do.
+        raise NoSentencesError(f"{inputs}: every input is empty (no rows); give files with data")
     if tally.sentences_train + tally.sentences_valid == 0:
         raise NoSentencesError(
             f"{inputs}: no sentence survived ({tally.papers_read} papers read; drops {dict(+tally.drops)}; "

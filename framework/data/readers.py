@@ -20,7 +20,12 @@ Formats (``docs/data.md`` has examples):
 For every format but ``csl`` and ``csl-task`` the user names the text fields (``text_fields``) and the
 keywords field (``keywords_field``): a field called ``title`` becomes the paper's title (one sentence), the
 others are joined, one a line, into its abstract. A keywords value is a JSON list or a string separated by
-``_``, ``;``, ``；``, ``、`` or ``|``. Files ending in ``.gz`` are decompressed on the fly.
+``_``, ``;``, ``；``, ``、`` or ``|``. Files ending in ``.gz`` are decompressed on the fly; a compressed stream that
+is truncated or corrupt keeps the rows read before the damage and counts the damage as a bad row
+(``corrupt_gzip``).
+
+A blank line (nothing but spaces and line breaks) separates rows and is not one; any other line is a row, so a
+line of only tabs (or a CSV line of only commas) is read, found empty and counted, never dropped unseen.
 
 Reading is split in two so the pipeline can parallelise it: :func:`iter_chunks` does the cheap part in the
 parent process (reading raw lines, grouping them into chunks that remember file and line), and
@@ -37,6 +42,7 @@ import io
 import json
 import logging
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +65,7 @@ __all__ = [
     "parse_chunk",
     "read_papers",
     "open_binary",
+    "FileProblem",
 ]
 
 FORMATS = ("csl", "csl-task", "jsonl", "json", "tsv", "csv")
@@ -67,12 +74,23 @@ OnBadRow = Literal["skip", "error"]
 
 BAD_ROW_REASONS = (
     "invalid_utf8", "field_count", "missing_field", "empty_keywords", "invalid_json", "unknown_task", "empty_file",
+    "corrupt_gzip", "invalid_csv",
 )
 
 CSL_TASKS = ("to category", "to discipline", "to keywords", "to title")
 _KEYWORD_SEPARATORS_RE = re.compile(r"[_;；、|]")
 _CSL_KEYWORD_SEPARATOR_RE = re.compile("_")
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
+# Any lone surrogate: what a JSON escape such as "\ud800" decodes to. It is no character, cannot be written as
+# UTF-8, and would stop the run where the text is hashed or written.
+_ANY_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# Whitespace bytes that make a line blank. The tab is left out on purpose: a line of tabs is a row of empty
+# fields, which is counted (missing_field, field_count), not a separator to skip silently.
+_BLANK_BYTES = b" \r\n\x0b\x0c"
+# What reading a damaged .gz raises: a truncated stream (EOFError), a bad header or CRC (BadGzipFile), corrupt
+# deflate data (zlib.error). Other OSErrors (a failing disk) are not the file's content and still propagate.
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+_GZIP_FIX = "re-download or re-compress the file (`gzip -t FILE` tests it); the rows before this line were read"
 # Where a CSL keyword-generation row joins abstract and title: the last space after a sentence end.
 _KG_JOIN_RE = re.compile(r"^(.*[.。!?！？．…])\s+(\S.*)$", re.S)
 _KG_FALLBACK_JOIN_RE = re.compile(r"^(.*[^\sA-Za-z0-9])\s+(\S.*)$", re.S)
@@ -188,7 +206,8 @@ class Chunk:
     """Consecutive raw rows of one file, ready for :func:`parse_chunk` in any process.
 
     ``rows`` holds ``(line number, payload)``: raw ``bytes`` lines for the line formats, already-split
-    records (a ``dict``) for ``json``/``csv``, ``None`` payload for a file-level problem found while reading.
+    records (a ``dict``) for ``json``/``csv``, a :class:`FileProblem` for a file-level problem found while
+    reading (an empty file, a damaged ``.gz``).
     """
 
     source: str
@@ -197,6 +216,16 @@ class Chunk:
     header: tuple[str, ...] | None
     rows: list[tuple[int, Any]]
     nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    """A problem of the file rather than of one row (no rows at all, a damaged compressed stream), carried in a
+    chunk to :func:`parse_chunk` so it is counted like a bad row."""
+
+    reason: str
+    problem: str
+    fix: str
 
 
 # --------------------------------------------------------------------------------------------- opening files
@@ -210,30 +239,60 @@ def open_binary(path: str | Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def _first_line(path: Path) -> str:
-    with open_binary(path) as f:
-        for raw in f:
-            if raw.strip():
-                return raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+def _is_blank(raw: bytes) -> bool:
+    """Whether a raw line is a separator (only spaces and line breaks) rather than a row."""
+    return not raw.strip(_BLANK_BYTES)
+
+
+def _first_line(path: Path) -> str | None:
+    """The first non-blank line, ``""`` for a file without one, ``None`` when a damaged ``.gz`` gives none."""
+    try:
+        with open_binary(path) as f:
+            for raw in f:
+                if not _is_blank(raw):
+                    return raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    except _GZIP_ERRORS:
+        return None  # iter_chunks meets the damage again and counts it with its line
     return ""
+
+
+def _check_is_file(path: Path) -> None:
+    """Raise :class:`BadInputError` for a missing input or a folder given as one, saying what to give instead."""
+    if path.is_dir():
+        raise BadInputError(f"{path} is a directory, not an input file; give the files in it (e.g. --input "
+                            f"{path}/*.jsonl) or one file")
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file; check the --input path")
+
+
+def _format_from_extension(ext: str) -> Format:
+    """The format a file without a readable first line is read as: it has no rows, so only its name is left."""
+    return {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(ext, "tsv")  # type: ignore[return-value]
 
 
 def detect_format(path: str | Path, text_fields: Iterable[str] | None = None) -> Format:
     """Guess the format of ``path`` from its extension (``.gz`` ignored) and its first non-empty line.
 
-    ``.jsonl``/``.ndjson`` and ``.json`` files whose first line is a complete object are JSON lines, other
+    ``.jsonl``/``.ndjson`` files and ``.json`` files whose first line is a complete object are JSON lines, other
     ``.json`` files a JSON array; ``.csv`` is CSV; a tab-separated first line starting with a CSL task name
     (``to keywords``...) is ``csl-task``, one whose fields include all the given ``text_fields`` is a ``tsv``
-    header, one with five fields the ``csl`` release. Raises :class:`BadInputError` when nothing fits.
+    header, one with five fields the ``csl`` release. A file without a row (empty, or a ``.gz`` damaged before
+    its first line) is read by its extension: it yields only its ``empty_file`` or ``corrupt_gzip`` count.
+    Raises :class:`BadInputError` when nothing fits.
     """
     path = Path(path)
+    _check_is_file(path)
     name = path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
     ext = Path(name).suffix.lower()
-    first = _first_line(path)
     if ext == ".csv":
         return "csv"
+    first = _first_line(path)
+    if not first:
+        return _format_from_extension(ext)
     stripped = first.lstrip()
-    if ext in (".jsonl", ".ndjson", ".json") or stripped[:1] in ("{", "["):
+    if ext in (".jsonl", ".ndjson"):
+        return "jsonl"  # whatever the first line holds: a line that is no object is that row's problem
+    if ext == ".json" or stripped[:1] in ("{", "["):
         if stripped.startswith("["):
             return "json"
         try:
@@ -266,11 +325,11 @@ def iter_chunks(
     chunk_bytes: int = 1 << 20,
 ) -> Iterator[Chunk]:
     """Read ``path`` into chunks of about ``chunk_bytes`` raw bytes each, cheaply (no decoding for the line
-    formats). An empty file yields one chunk carrying an ``empty_file`` problem; a missing file raises."""
+    formats). An empty file yields one chunk carrying an ``empty_file`` problem, a damaged ``.gz`` the rows
+    before the damage and then a ``corrupt_gzip`` problem; a missing file or a folder raises."""
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise BadInputError(f"{source}: no such file; check the --input path")
+    _check_is_file(path)
     if fmt in ("csl", "csl-task", "jsonl", "tsv"):
         yield from _line_chunks(path, source, fmt, fields, chunk_bytes)
     elif fmt == "csv":
@@ -281,8 +340,16 @@ def iter_chunks(
         raise BadInputError(f"{source}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
+_EMPTY_FILE = FileProblem("empty_file", "the file holds no rows", "give a file with data or drop it from --input")
+
+
 def _empty_file_chunk(source: str, fmt: str, fields: FieldSpec, nbytes: int) -> Chunk:
-    return Chunk(source, fmt, fields, None, [(0, None)], nbytes)
+    return Chunk(source, fmt, fields, None, [(0, _EMPTY_FILE)], nbytes)
+
+
+def _gzip_problem(exc: BaseException) -> FileProblem:
+    return FileProblem("corrupt_gzip", f"the compressed stream is truncated or corrupt here "
+                       f"({type(exc).__name__}: {exc})", _GZIP_FIX)
 
 
 def _line_chunks(path: Path, source: str, fmt: str, fields: FieldSpec, chunk_bytes: int) -> Iterator[Chunk]:
@@ -290,20 +357,26 @@ def _line_chunks(path: Path, source: str, fmt: str, fields: FieldSpec, chunk_byt
     rows: list[tuple[int, Any]] = []
     size = 0
     seen_row = False
+    lineno = 0
     with open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            size += len(raw)
-            if not raw.strip():
-                continue
-            if fmt == "tsv" and header is None:
-                header = tuple(raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n").split("\t"))
-                _check_header(source, header, fields)
-                continue
-            rows.append((lineno, raw))
+        try:
+            for lineno, raw in enumerate(f, 1):
+                size += len(raw)
+                if _is_blank(raw):
+                    continue
+                if fmt == "tsv" and header is None:
+                    header = tuple(raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n").split("\t"))
+                    _check_header(source, header, fields)
+                    continue
+                rows.append((lineno, raw))
+                seen_row = True
+                if size >= chunk_bytes:
+                    yield Chunk(source, fmt, fields, header, rows, size)
+                    rows, size = [], 0
+        except _GZIP_ERRORS as exc:
+            # Keep what was read; the damage counts as one bad row at the line that could not be read.
+            rows.append((lineno + 1, _gzip_problem(exc)))
             seen_row = True
-            if size >= chunk_bytes:
-                yield Chunk(source, fmt, fields, header, rows, size)
-                rows, size = [], 0
     if rows or size:
         yield Chunk(source, fmt, fields, header, rows, size)
     if not seen_row:
@@ -329,18 +402,26 @@ def _csv_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) ->
         rows: list[tuple[int, Any]] = []
         reported = 0  # bytes already attributed to a chunk (the binary position, read-ahead included)
         seen_row = False
-        for cells in reader:
-            if not any(c.strip() for c in cells):
-                continue
-            if header is None:
-                header = tuple(c.lstrip("\ufeff") for c in cells)
-                _check_header(source, header, fields)
-                continue
-            rows.append((reader.line_num, cells))
+        try:
+            for cells in _csv_records(reader):
+                if isinstance(cells, FileProblem):  # a record the csv module cannot parse: counted, reading goes on
+                    rows.append((reader.line_num, cells))
+                    seen_row = True
+                    continue
+                if not cells or (len(cells) == 1 and not cells[0].strip()):
+                    continue  # a blank line; a line of only commas is a row of empty fields, counted below
+                if header is None:
+                    header = tuple(c.lstrip("\ufeff") for c in cells)
+                    _check_header(source, header, fields)
+                    continue
+                rows.append((reader.line_num, cells))
+                seen_row = True
+                if fb.tell() - reported >= chunk_bytes:
+                    yield Chunk(source, "csv", fields, header, rows, fb.tell() - reported)
+                    rows, reported = [], fb.tell()
+        except _GZIP_ERRORS as exc:
+            rows.append((reader.line_num + 1, _gzip_problem(exc)))
             seen_row = True
-            if fb.tell() - reported >= chunk_bytes:
-                yield Chunk(source, "csv", fields, header, rows, fb.tell() - reported)
-                rows, reported = [], fb.tell()
         total = fb.tell()
         if rows or total > reported:
             yield Chunk(source, "csv", fields, header, rows, total - reported)
@@ -348,9 +429,33 @@ def _csv_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) ->
             yield _empty_file_chunk(source, "csv", fields, 0)
 
 
+def _csv_records(reader: Any) -> Iterator[list[str] | FileProblem]:
+    """``reader``'s records, with an ``invalid_csv`` problem in place of one it raises ``csv.Error`` on (a field
+    over ``csv.field_size_limit()``); the reader resumes at the next line, so the rows after it are kept."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield FileProblem("invalid_csv", f"the CSV record cannot be read ({exc})",
+                              "fix the quoting of that row, or split a field longer than the limit")
+
+
 def _json_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) -> Iterator[Chunk]:
+    blocks: list[bytes] = []
     with open_binary(path) as f:
-        data = f.read()
+        try:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                blocks.append(block)
+        except _GZIP_ERRORS as exc:
+            # One JSON array cannot be cut short and still parse: refuse the file, saying where it broke.
+            line = b"".join(blocks).count(b"\n") + 1
+            raise BadInputError(
+                f"{source}:{line}: the compressed stream is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                "re-download or re-compress the file (`gzip -t FILE` tests it)"
+            ) from None
+    data = b"".join(blocks)
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     if not text.strip():
         yield _empty_file_chunk(source, "json", fields, len(data))
@@ -362,6 +467,9 @@ def _json_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) -
             f"{source}:{exc.lineno}: not valid JSON ({exc.msg}); fix the file, or pass --format jsonl if it "
             "holds one object a line"
         ) from exc
+    except (RecursionError, ValueError) as exc:
+        raise BadInputError(f"{source}: JSON that cannot be loaded ({type(exc).__name__}: {str(exc)[:80]}); fix the "
+                            "file (nesting or a number beyond Python's limits)") from None
     if isinstance(records, dict):
         records = [records]
     if not isinstance(records, list):
@@ -389,8 +497,8 @@ def parse_chunk(chunk: Chunk) -> tuple[list[Paper], list[BadRowRecord]]:
     name = Path(chunk.source).name
     for lineno, payload in chunk.rows:
         try:
-            if payload is None:
-                raise BadRow("empty_file", "the file holds no rows", "give a file with data or drop it from --input")
+            if isinstance(payload, FileProblem):
+                raise BadRow(payload.reason, payload.problem, payload.fix)
             papers.append(_parse_row(chunk, name, lineno, payload))
         except BadRow as exc:
             bad.append(BadRowRecord(exc.reason, chunk.source, lineno, exc.problem, exc.fix))
@@ -424,6 +532,11 @@ def _parse_row(chunk: Chunk, name: str, lineno: int, payload: Any) -> Paper:
                 "invalid_json", f"not a JSON object ({exc.msg} at column {exc.colno})",
                 "fix the row, or pass --format if the file is not JSON lines",
             ) from None
+        except (RecursionError, ValueError) as exc:
+            # Valid JSON that Python refuses: nesting deeper than the recursion limit, an integer of more
+            # than sys.get_int_max_str_digits() digits.
+            raise BadRow("invalid_json", f"JSON that cannot be loaded ({type(exc).__name__}: {str(exc)[:80]})",
+                         "fix the row: no paper has such nesting or numbers") from None
         return _from_record(record, chunk, name, lineno)
     if fmt == "tsv":
         cells = _decode(payload).split("\t")
@@ -545,8 +658,13 @@ def _from_record(record: Any, chunk: Chunk, name: str, lineno: int) -> Paper:
         title, abstract, keywords, str(record.get("discipline") or ""), str(record.get("category") or ""),
         chunk.source, lineno, f"{name}:{lineno}",
     )
-    if chunk.fmt in ("json", "csv") and _SURROGATE_RE.search(title + abstract + "".join(keywords)):
+    text = title + abstract + "".join(keywords)
+    if chunk.fmt in ("json", "csv") and _SURROGATE_RE.search(text):
         raise BadRow("invalid_utf8", "invalid UTF-8 in the row", _UTF8_FIX)
+    found = _ANY_SURROGATE_RE.search(text)
+    if found:
+        raise BadRow("invalid_utf8", f"a lone surrogate \\u{ord(found.group(0)):04x} (a broken JSON escape) in the row",
+                     "fix the escape: a character outside the BMP is written as a surrogate pair or as itself")
     return paper
 
 
@@ -566,8 +684,7 @@ def read_papers(
     ``BadRowLog(on_bad_row="error")`` to stop at the first one with :class:`BadInputError`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file; check the --input path")
+    _check_is_file(path)
     fields = FieldSpec.resolve(text_fields, keywords_field)
     fmt = fmt or detect_format(path, fields.text_fields if text_fields is not None else None)
     log = bad_rows if bad_rows is not None else BadRowLog()

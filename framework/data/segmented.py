@@ -107,9 +107,24 @@ def _segment_chunk(lines: list[str]) -> SegmentedChunk:
 
 
 def _read_sentences(corpus: Path) -> Iterator[str]:
-    with open(corpus, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
+    """The corpus's non-empty lines; a line that is not UTF-8 stops the build naming the file, line and fix.
+
+    Read as bytes and decoded line by line so that the message can say where: the corpus is normally
+    ``train.txt`` of ``launch/preprocess.py`` (always UTF-8), and a hand-made one fails here, before any
+    training step, rather than with a decoder traceback.
+    """
+    from framework.data.readers import BadInputError
+
+    with open(corpus, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise BadInputError(
+                    f"{corpus}:{lineno}: not valid UTF-8 (byte {exc.start} of the line); give the corpus that "
+                    "launch/preprocess.py writes (it counts undecodable rows as bad rows), or re-encode this file "
+                    "as UTF-8"
+                ) from None
             if line:
                 yield line
 

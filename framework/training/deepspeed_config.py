@@ -4,7 +4,9 @@ Three jobs, in order:
 
 1. **Fill ``"auto"``** entries (batch geometry, learning rate, weight decay, schedule length, clipping) from the
    run config, or from the defaults below where the run config leaves them unset. A value given in the run
-   config (or on the command line) also overrides an explicit one in the file, and that is logged.
+   config (or on the command line) also overrides an explicit one in the file, and that is logged; the one
+   exception is an explicit ``train_batch_size``, which micro-batch x accumulation x ranks must match (an error
+   naming both figures otherwise, see :func:`batch_geometry`).
 2. **Fit the hardware**: DeepSpeed refuses fp16 without CUDA and ``FusedLamb`` is a CUDA kernel that must be
    prebuilt or compiled with ``nvcc``. On a machine without CUDA, fp16 becomes bf16; wherever FusedLamb cannot
    load (no CUDA, or CUDA without a prebuilt op or a compiler), LAMB becomes :class:`framework.training.lamb.Lamb`
@@ -173,6 +175,43 @@ def _pick(run_value: Any, file_value: Any, default: Any, name: str, notes: list[
     return default
 
 
+def batch_geometry(cfg: dict[str, Any], training: TrainingConfig, world_size: int, source: str | Path,
+                   overrides: list[str] | None = None) -> tuple[int, int]:
+    """``(micro-batch, accumulation)`` for a DeepSpeed JSON ``cfg`` and the run's overrides on ``world_size`` ranks.
+
+    An explicit ``train_batch_size`` (a global batch that should not change with the number of GPUs) derives
+    the accumulation when that is left to ``"auto"``. When micro-batch and accumulation are both set as well,
+    they must multiply with the ranks to it: a file saying 1024 while the run would step on 512 is an error
+    naming both figures, never silently replaced (``"auto"`` leaves it to the product). Cheap: the trainer's
+    preflight calls it before any model or data work.
+    """
+    notes = overrides if overrides is not None else []
+    micro = int(_pick(training.micro_batch_size, cfg.get("train_micro_batch_size_per_gpu"),
+                      DEFAULTS["micro_batch_size"], "train_micro_batch_size_per_gpu", notes))
+    file_global = cfg.get("train_batch_size")
+    file_accum = cfg.get("gradient_accumulation_steps")
+    if file_global not in (None, AUTO) and (isinstance(file_global, bool) or not isinstance(file_global, int)
+                                            or file_global < 1):
+        raise ConfigError(f"{source}: train_batch_size={file_global!r} must be a positive integer or \"auto\"")
+    if training.gradient_accumulation_steps is None and file_accum in (None, AUTO) and file_global not in (None, AUTO):
+        if file_global % (micro * world_size):
+            raise ConfigError(
+                f"{source}: train_batch_size={file_global} is not a multiple of micro-batch {micro} x {world_size} "
+                f"ranks; change train_batch_size or set --grad-accum"
+            )
+        return micro, file_global // (micro * world_size)
+    accum = int(_pick(training.gradient_accumulation_steps, file_accum, DEFAULTS["gradient_accumulation_steps"],
+                      "gradient_accumulation_steps", notes))
+    product = micro * accum * world_size
+    if file_global not in (None, AUTO) and file_global != product:
+        raise ConfigError(
+            f"{source}: train_batch_size={file_global} contradicts micro-batch {micro} x accumulation {accum} x "
+            f"{world_size} rank(s) = {product}; set train_batch_size to {product} or \"auto\" in the file, or give "
+            f"--micro-batch-size/--grad-accum that multiply to {file_global} on {world_size} rank(s)"
+        )
+    return micro, accum
+
+
 def resolve_deepspeed_config(
     path: str | Path | None,
     training: TrainingConfig,
@@ -198,28 +237,10 @@ def resolve_deepspeed_config(
     cfg = copy.deepcopy(load_deepspeed_json(source))
     overrides: list[str] = []
 
-    # Batch geometry. An explicit train_batch_size (a global batch that should not change with the number of
-    # GPUs) derives the accumulation when that is left to "auto".
-    micro = int(_pick(training.micro_batch_size, cfg.get("train_micro_batch_size_per_gpu"),
-                      DEFAULTS["micro_batch_size"], "train_micro_batch_size_per_gpu", overrides))
-    file_global = cfg.get("train_batch_size")
-    file_accum = cfg.get("gradient_accumulation_steps")
-    if training.gradient_accumulation_steps is None and file_accum in (None, AUTO) and file_global not in (None, AUTO):
-        if file_global % (micro * world_size):
-            raise ConfigError(
-                f"{source}: train_batch_size={file_global} is not a multiple of micro-batch {micro} x {world_size} "
-                f"ranks; change train_batch_size or set --grad-accum"
-            )
-        accum = file_global // (micro * world_size)
-    else:
-        accum = int(_pick(training.gradient_accumulation_steps, file_accum, DEFAULTS["gradient_accumulation_steps"],
-                          "gradient_accumulation_steps", overrides))
+    micro, accum = batch_geometry(cfg, training, world_size, source, overrides)
     cfg["train_micro_batch_size_per_gpu"] = micro
     cfg["gradient_accumulation_steps"] = accum
     cfg["train_batch_size"] = micro * accum * world_size
-    if file_global not in (None, AUTO) and file_global != cfg["train_batch_size"]:
-        overrides.append(f"train_batch_size={cfg['train_batch_size']} (micro-batch x accumulation x ranks) "
-                         f"replaces {file_global} (DeepSpeed config)")
     cfg["gradient_clipping"] = float(_pick(training.gradient_clipping, cfg.get("gradient_clipping"),
                                            DEFAULTS["gradient_clipping"], "gradient_clipping", overrides))
 

@@ -33,10 +33,16 @@ logger = logging.getLogger("framework.training")
 
 
 def setup_logging(rank: int) -> None:
-    """Rank 0 logs at INFO; other ranks only warnings, with their rank in front. DeepSpeed's chatter is muted."""
+    """Rank 0 logs at INFO; other ranks only warnings, with their rank in front. DeepSpeed's chatter is muted, and
+    configured secrets are scrubbed from every record (:func:`framework.secrets.install_log_redaction`)."""
     level = logging.INFO if rank == 0 else logging.WARNING
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+    # Every log line of the run passes the secret filter: a key that reaches a message (a path, a run name,
+    # an exception from a library) is scrubbed like the saved configs are.
+    from framework.secrets import install_log_redaction
+
+    install_log_redaction()
     try:
         from deepspeed.utils import logger as ds_logger
 

@@ -8,8 +8,10 @@ Two ways in:
   shape; ``small`` (4 layers, hidden 256) is for CPU studies; ``tiny`` (2 layers, hidden 128) is for the demo,
   tests and smoke runs.
 
-Either way, when the tokenizer has more tokens than the embedding table (a vocabulary extended with domain
-terms), the embeddings are resized so every id has a row, and attention runs on PyTorch's
+A pretrained model must be given its own vocabulary: a tokenizer whose ids mean other tokens than the model's
+(checked wherever the model's own tokenizer files can be found) is an error, and so is one with more tokens
+than the embedding table, unless ``--resize-embeddings`` (``model.resize_embeddings``) says the table should
+grow for a tokenizer that appends tokens (domain terms) to the model's vocabulary. Attention runs on PyTorch's
 ``scaled_dot_product_attention`` (``attn_implementation="sdpa"``, fused kernels on GPU) wherever the installed
 transformers supports it for BERT; the implementation in use is logged once with the model.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from framework.config import ConfigError, ModelConfig
 
@@ -87,6 +89,65 @@ def bert_config(spec: str, vocab_size: int, pad_token_id: int,  # noqa: ANN201 -
     return BertConfig(**{**values, **extra})
 
 
+def model_vocabulary(name_or_path: str) -> dict[str, int] | None:
+    """The token -> id map of a pretrained model's own tokenizer, or ``None`` where none can be found offline.
+
+    Only local files are read (a folder's ``vocab.txt``/``tokenizer.json``, or the hub cache): a check must not
+    need the network, and a missing answer only means the check is skipped.
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(name_or_path)
+    if folder.is_dir() and not any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        return None
+    try:
+        return dict(AutoTokenizer.from_pretrained(str(name_or_path), use_fast=True, local_files_only=True).get_vocab())
+    except (OSError, ValueError):
+        return None
+
+
+def check_vocabulary(model_name: str, embedding_rows: int, model_vocab: Mapping[str, int] | None, tokenizer,  # noqa: ANN001
+                     tokenizer_name: str, resize: bool) -> bool:
+    """Refuse a tokenizer that does not fit a pretrained model; return whether the embeddings must grow.
+
+    Args:
+        model_name: the checkpoint (for messages).
+        embedding_rows: rows of the model's input embedding table (``vocab_size`` of its ``config.json``).
+        model_vocab: the model's own token -> id map (:func:`model_vocabulary`), or ``None`` when unknown.
+        tokenizer: the run's tokenizer.
+        tokenizer_name: where it came from (for messages).
+        resize: ``model.resize_embeddings``: growing the table for appended tokens is allowed.
+
+    Raises:
+        ConfigError: the tokenizer's ids mean other tokens than the model's (another vocabulary), or it has
+            more tokens than the table and ``resize`` is off.
+    """
+    size = len(tokenizer)
+    if model_vocab is not None:
+        ours = {i: t for t, i in tokenizer.get_vocab().items()}
+        theirs = {i: t for t, i in model_vocab.items()}
+        for i in sorted(set(ours) & set(theirs)):
+            if ours[i] != theirs[i]:
+                raise ConfigError(
+                    f"--tokenizer {tokenizer_name} is not the vocabulary of --model {model_name}: token id {i} is "
+                    f"{theirs[i]!r} in the model's vocabulary and {ours[i]!r} in the tokenizer, so every such id would "
+                    "look up another token's embedding; leave --tokenizer out (the model's own is used), or give a "
+                    "tokenizer that keeps the model's ids and only appends tokens (with --resize-embeddings)"
+                )
+    if size <= embedding_rows:
+        return False
+    if not resize:
+        raise ConfigError(
+            f"--tokenizer {tokenizer_name} has {size} tokens but --model {model_name} has {embedding_rows} embedding "
+            f"rows: the extra tokens would start from untrained embeddings. If the tokenizer appends tokens to the "
+            "model's vocabulary, pass --resize-embeddings to grow the table; otherwise give the model's own tokenizer"
+        )
+    if model_vocab is None:
+        logger.warning("--resize-embeddings: %s has no tokenizer files to compare with, so it cannot be checked that "
+                       "%s only appends tokens to the model's vocabulary", model_name, tokenizer_name)
+    return True
+
+
 def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN201 - tokenizer, BertForMaskedLM
     """Create the ``BertForMaskedLM`` a run trains (as :class:`~framework.training.masked_lm.BertForMaskedLMAtLabels`,
     which runs the MLM head only at labelled positions; same weights, same export).
@@ -95,6 +156,10 @@ def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN
         config: the run's model section (``name_or_path`` or ``config``; validated already).
         tokenizer: the run's tokenizer; its length bounds the embedding table from below.
         seed: seeds the initialisation of new weights (all of them from scratch; a missing head otherwise).
+
+    Raises:
+        ConfigError: a pretrained model given a tokenizer of another vocabulary, or a larger one without
+            ``config.resize_embeddings`` (:func:`check_vocabulary`).
     """
     import pickle
 
@@ -119,6 +184,11 @@ def build_model(config: ModelConfig, tokenizer, seed: int):  # noqa: ANN001, ANN
                 f"and weights, or a hub name ({exc})"
             ) from exc
         source = f"pretrained {config.name_or_path}"
+        tokenizer_name = str(config.tokenizer or getattr(tokenizer, "name_or_path", "") or config.name_or_path)
+        same = Path(tokenizer_name) == Path(config.name_or_path) or tokenizer_name == config.name_or_path
+        check_vocabulary(config.name_or_path, model.get_input_embeddings().num_embeddings,
+                         None if same else model_vocabulary(config.name_or_path), tokenizer, tokenizer_name,
+                         config.resize_embeddings)
     else:
         model = BertForMaskedLM(bert_config(config.config or "tiny", len(tokenizer), tokenizer.pad_token_id,
                                             attn_implementation=attention))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import netrc
 import os
 import socket
 import threading
@@ -34,43 +33,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from framework.secrets import DEFAULT_WANDB_URL, find_wandb_api_key, wandb_base_url  # noqa: F401 - re-exported
 from framework.secrets import redact_secrets as _redact_secrets
 
 logger = logging.getLogger(__name__)
 
 REPORT_TO_CHOICES = ("wandb", "tensorboard", "none")
-DEFAULT_WANDB_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 2.0
 
 def redact_secrets(config: Any, secret_values: tuple[str, ...] | None = None) -> Any:
-    """:func:`framework.secrets.redact_secrets`, by default also scrubbing the W&B API key's value (from the
-    environment or ``~/.netrc``) wherever it appears."""
-    if secret_values is None:
-        key = find_wandb_api_key()
-        secret_values = (key,) if key else ()
+    """:func:`framework.secrets.redact_secrets`: by default the values of the configured secrets (the W&B API key
+    from the environment or ``~/.netrc`` among them) are scrubbed wherever they appear."""
     return _redact_secrets(config, secret_values)
-
-
-def wandb_base_url() -> str:
-    """The W&B server URL: ``WANDB_BASE_URL`` or the public cloud."""
-    return os.environ.get("WANDB_BASE_URL", "").strip() or DEFAULT_WANDB_URL
-
-
-def find_wandb_api_key() -> str | None:
-    """The configured W&B API key (``WANDB_API_KEY``, else the netrc entry for the W&B host), or None."""
-    key = os.environ.get("WANDB_API_KEY", "").strip()
-    if key:
-        return key
-    netrc_path = Path(os.environ.get("NETRC", "") or Path.home() / ".netrc")
-    if not netrc_path.is_file():
-        return None
-    host = urllib.parse.urlsplit(wandb_base_url()).hostname or ""
-    try:
-        entry = netrc.netrc(str(netrc_path)).authenticators(host)
-    except (netrc.NetrcParseError, OSError) as err:
-        logger.warning("could not read %s (%s); treating W&B as having no API key", netrc_path, type(err).__name__)
-        return None
-    return entry[2] if entry and entry[2] else None
 
 
 def wandb_offline_reason(timeout_s: float = PROBE_TIMEOUT_S) -> str | None:

@@ -3,7 +3,8 @@
 :func:`run_pretraining` does, in order (every rank runs it; rank 0 alone prints, logs, exports and plots):
 
 1. start torch.distributed (setting the single-process environment when no launcher did);
-2. preflight: the masking strategy and its options, the DeepSpeed JSON; errors here cost no model or data work;
+2. preflight: the masking strategy and its options, the DeepSpeed JSON and its batch geometry, a writable output
+   folder, a pretrained model's fit with its tokenizer; errors here cost no model or data work;
 3. data: the demo corpus is preprocessed into ``OUTPUT/data`` when no ``--data`` is given, a vocabulary is
    built for a model from scratch without ``--tokenizer``, and train/valid are segmented (cached);
 4. model, then the engine (:func:`framework.training.engine.build_engine`, shared with fine-tuning);
@@ -15,10 +16,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,18 +76,23 @@ class NonFiniteError(RuntimeError):
 
 
 def preflight(cfg: RunConfig) -> None:
-    """Check what is cheap to check before any heavy work: the masking strategy and its options, the DS JSON."""
+    """Check what is cheap to check before any heavy work: the masking strategy and its options, the DS JSON and
+    its batch geometry, that the output folder takes files, and a local pretrained model against its tokenizer."""
     from framework.data.example import VocabInfo
     from framework.masking.base import MaskingContext
     from framework.masking.registry import build_strategy
-    from framework.training.deepspeed_config import load_deepspeed_json
+    from framework.training.deepspeed_config import batch_geometry, load_deepspeed_json
 
     # A stand-in vocabulary: enough for a strategy to validate its options (the real one comes with the data).
     stand_in = VocabInfo(vocab_size=128, mask_token_id=4, pad_token_id=0, cls_token_id=2, sep_token_id=3,
                          special_ids=(0, 1, 2, 3, 4))
     build_strategy(cfg.masking.name, cfg.masking.args, MaskingContext(stand_in, None))
     if cfg.training.deepspeed_config is not None:
-        load_deepspeed_json(cfg.training.deepspeed_config)
+        ds_json = load_deepspeed_json(cfg.training.deepspeed_config)
+        # The launcher's WORLD_SIZE is already in the environment; torch.distributed is not started yet.
+        batch_geometry(ds_json, cfg.training, int(os.environ.get("WORLD_SIZE", "1") or 1), cfg.training.deepspeed_config)
+    check_output_writable(Path(cfg.checkpoint.output_dir))
+    _preflight_vocabulary(cfg)
     if cfg.checkpoint.resume is None:
         # A fresh run into a finished or interrupted one would overwrite its checkpoints and mix its metrics.
         previous = CheckpointManager(Path(cfg.checkpoint.output_dir) / "checkpoints", 1, 0).latest()
@@ -92,6 +101,55 @@ def preflight(cfg: RunConfig) -> None:
                 f"{cfg.checkpoint.output_dir} already holds a run (latest complete checkpoint {previous.name}); "
                 "continue it with --resume auto, or start afresh with another --output-dir (or delete that folder)"
             )
+
+
+def check_output_writable(folder: Path) -> None:
+    """Raise :class:`ConfigError` unless files can be created in ``folder`` (or, when it does not exist yet, in
+    the nearest existing folder above it, where it will be created), and in its ``checkpoints/`` if present.
+
+    Found here rather than at the first checkpoint, after training steps, with an error about a checkpoint. The
+    test creates and removes a file, because permission bits do not tell (root, read-only mounts, ACLs).
+    """
+    target = folder
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    if not target.is_dir():
+        raise ConfigError(f"--output-dir {folder}: {target} is a file, not a folder; give another --output-dir")
+    for place in (target, folder / "checkpoints"):
+        if place != target and not place.is_dir():
+            continue
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=place)
+        except OSError as exc:
+            if place == folder:
+                what = f"--output-dir {folder} is not writable"
+            elif place == target:
+                what = f"--output-dir {folder} cannot be created: {target} is not writable"
+            else:
+                what = f"--output-dir {folder}: its checkpoint folder {place} is not writable"
+            raise ConfigError(f"{what} ({exc.strerror or exc}); give an --output-dir you can write to, or fix the "
+                              "permissions") from None
+        os.close(handle)
+        os.unlink(probe)
+
+
+def _preflight_vocabulary(cfg: RunConfig) -> None:
+    """A local pretrained model and a local ``--tokenizer`` of another vocabulary (or a larger one without
+    ``--resize-embeddings``) fail here; hub names are checked when the model is built."""
+    m = cfg.model
+    if not (m.name_or_path and m.tokenizer) or Path(m.tokenizer) == Path(m.name_or_path):
+        return
+    model_dir, tokenizer_dir = Path(m.name_or_path), Path(m.tokenizer)
+    if not (model_dir / "config.json").is_file() or not tokenizer_dir.is_dir():
+        return
+    from framework.training.model import check_vocabulary, load_tokenizer, model_vocabulary
+
+    try:
+        rows = int(json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    except (ValueError, KeyError, TypeError):
+        return  # build_model reports an unreadable checkpoint with its own message
+    check_vocabulary(m.name_or_path, rows, model_vocabulary(m.name_or_path), load_tokenizer(tokenizer_dir), m.tokenizer,
+                     m.resize_embeddings)
 
 
 def prepare_corpus(cfg: RunConfig, output_dir: Path) -> Path:

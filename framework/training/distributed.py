@@ -34,7 +34,18 @@ def init_distributed() -> tuple[int, int]:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not dist.is_initialized():
-        deepspeed.init_distributed(verbose=False)
+        from framework.training.startup import (StartupWatchdog, check_build_lock, prepare_cpu_comm_op,
+                                                rendezvous_wait_description)
+
+        build_dir = prepare_cpu_comm_op()
+
+        def waiting_for() -> str:
+            if build_dir is not None:
+                check_build_lock(build_dir)  # a lock left by a builder killed while we waited goes now
+            return rendezvous_wait_description(build_dir)
+
+        with StartupWatchdog(waiting_for):
+            deepspeed.init_distributed(verbose=False)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -206,6 +206,49 @@ def test_killed_run_resumes_with_identical_losses(scratch_run: tuple[Path, subpr
                 assert resumed[key][metric] == record[metric], (key, metric)
 
 
+def test_killed_mid_save_resumes_from_the_previous_checkpoint(scratch_run: tuple[Path, subprocess.CompletedProcess],
+                                                               scratch_args, tmp_path: Path) -> None:  # noqa: ANN001
+    """SIGKILL while the step-60 checkpoint is being written (its model states on disk, the rest not yet): the
+    half-written save is never taken for a checkpoint, the run resumes from step 30 and ends as if uninterrupted."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # Runs in the victim only (PYTHONPATH): DeepSpeed's save of step 60 stalls after writing, so the kill lands
+    # inside CheckpointManager.save, between DeepSpeed's files and the manifest.
+    (hook / "sitecustomize.py").write_text(
+        "import time\n"
+        "from deepspeed.runtime.engine import DeepSpeedEngine\n"
+        "_save = DeepSpeedEngine.save_checkpoint\n"
+        "def save_checkpoint(self, save_dir, tag=None, *args, **kwargs):\n"
+        "    out = _save(self, save_dir, tag, *args, **kwargs)\n"
+        "    if str(tag).endswith('step-00000060'):\n"
+        "        time.sleep(600)\n"
+        "    return out\n"
+        "DeepSpeedEngine.save_checkpoint = save_checkpoint\n", encoding="utf-8")
+    out = tmp_path / "killed-mid-save"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", "")])
+    victim = subprocess.Popen([sys.executable, str(PRETRAIN), *scratch_args(out)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = out / "checkpoints" / ".saving-step-00000060" / "mp_rank_00_model_states.pt"
+    deadline = time.monotonic() + 300
+    while not partial.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # let DeepSpeed finish the file: the stall is after it
+    victim.kill()
+    victim.wait()
+    assert partial.exists(), "the run never reached the step-60 save"
+    assert not (out / "checkpoints" / "step-00000060").exists()
+
+    proc = run_pretrain([*scratch_args(out), "--resume", "auto"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming from step-00000030" in proc.stdout and "step 30, epoch 0" in proc.stdout
+    assert not partial.parent.exists()  # the debris went with the next save's prune
+    straight = {(r["step"], r["split"]): r for r in read_metrics(scratch_run[0])}
+    resumed = {(r["step"], r["split"]): r for r in read_metrics(out)}
+    for key in [k for k in straight if k[0] == 60]:
+        assert resumed[key]["loss"] == straight[key]["loss"], key
+
+
 def test_pretrained_model_embeddings_grow_to_a_larger_tokenizer(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
     from transformers import BertConfig, BertForMaskedLM
 

@@ -273,8 +273,13 @@ class CheckpointManager:
             staging.mkdir(parents=True)
         barrier()
         # save_latest=False: DeepSpeed's "latest" would name the staging folder; rank 0 writes it after the rename.
-        engine.save_checkpoint(str(self.root), tag=staging.name, client_state={"train_state": asdict(state)},
-                               save_latest=False)
+        client_state: dict[str, Any] = {"train_state": asdict(state)}
+        from framework.training.export import MASTER_NAMES_KEY, optimizer_param_names
+
+        names = optimizer_param_names(engine)  # ZeRO-0 bf16/fp16: names of the unnamed fp32 masters, for export
+        if names is not None:
+            client_state[MASTER_NAMES_KEY] = names
+        engine.save_checkpoint(str(self.root), tag=staging.name, client_state=client_state, save_latest=False)
         torch.save(capture_rng_state(), staging / f"rng_state_rank{self.rank}.pt")
         barrier()  # every rank's shards and RNG file are on disk before the marker says so
         if self.rank == 0:

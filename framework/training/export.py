@@ -9,7 +9,16 @@ with no DeepSpeed installed, plus the model card ``README.md`` (and the ``model_
 * :func:`export_checkpoint`: a DeepSpeed checkpoint folder written by ``engine.save_checkpoint(root, tag)``.
   ZeRO stage 1-3 checkpoints hold the fp32 master weights partitioned across ranks; DeepSpeed's
   ``zero_to_fp32`` reassembles them. A stage-0 checkpoint holds whole module weights in
-  ``mp_rank_00_model_states.pt`` (in the training precision; they are widened to fp32).
+  ``mp_rank_00_model_states.pt``, in the training precision; in a bf16/fp16 run its ``'optimizer'`` entry also
+  holds DeepSpeed's fp32 master copies (``fp32_groups`` of ``FP16_UnfusedOptimizer``, ``fp32_groups_flat`` of
+  ``FP16_Optimizer``), and those are exported.
+
+Master weights: a bf16/fp16 run keeps fp32 master weights in its optimizer and rounds them into the module after
+every step. The module weights are therefore the masters rounded to 8 (bf16) or 11 (fp16) significant bits;
+widening them back to fp32 would silently drop the precision the run paid for. Both sources export the masters
+wherever the optimizer keeps them (ZeRO 0-2; see :func:`engine_master_weights` and
+:func:`_checkpoint_master_state`) and the module weights only where they are the masters (fp32 runs). What the
+weights were taken from is written to the model card (``weights_from``).
 
 Rebuilding the model needs its architecture and tokenizer. Each checkpoint tag folder carries them in
 ``hf_config/`` (``config.json`` plus tokenizer files, written by :func:`write_hf_config`); for checkpoints
@@ -69,9 +78,10 @@ def export_from_engine(engine_or_model: Any, tokenizer: Any, out_dir: str | Path
                        card_facts: dict[str, Any] | None = None) -> Path | None:
     """Write the engine's (or a bare model's) weights in fp32 as a transformers folder; returns ``out_dir``.
 
-    With ZeRO stages 0-2 every rank holds the whole module, so calling this on rank 0 alone is enough (other
-    ranks return ``None`` and write nothing). With ZeRO-3 the parameters are partitioned and gathering them
-    is a collective: then every rank must call it.
+    The weights are the optimizer's fp32 master weights wherever it keeps them (bf16/fp16 at ZeRO 0-2, see
+    :func:`engine_master_weights`), else the module's (fp32 runs, where they are the masters). Every rank must
+    call it: under ZeRO-1/2 each rank holds a partition of the masters and reassembling them is an all-reduce,
+    under ZeRO-3 gathering the parameters is a collective. Rank 0 alone writes; the others return ``None``.
 
     Args:
         engine_or_model: a DeepSpeed engine (its ``.module`` is exported) or a ``BertForMaskedLM``.
@@ -90,15 +100,86 @@ def export_from_engine(engine_or_model: Any, tokenizer: Any, out_dir: str | Path
     if stage == 3:
         import deepspeed
 
-        # Collective: each rank contributes its partition; only rank 0 keeps a copy.
+        # Collective: each rank contributes its partition; only rank 0 keeps a copy. ZeRO-3's fp32 masters are
+        # not gathered here (no recipe of this framework uses ZeRO-3): the card says these are module weights.
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             state = _fp32_cpu(module.state_dict()) if rank == 0 else None
+        weights_from = f"{_module_dtype(module)} module weights widened to fp32 (ZeRO-3 masters are not gathered)"
     else:
-        state = _fp32_cpu(module.state_dict()) if rank == 0 else None
+        # Every rank: under ZeRO-1/2 reassembling a master parameter is an all-reduce over the partitions.
+        masters, weights_from = engine_master_weights(engine_or_model)
+        state = _with_masters(module, masters) if rank == 0 else None
     if rank != 0:
         return None
     return _write_transformers_folder(module.config, state, tokenizer, Path(out_dir), source=f"engine (ZeRO-{stage})",
-                                      card_facts=card_facts)
+                                      card_facts=card_facts, weights_from=weights_from)
+
+
+def engine_master_weights(engine_or_model: Any) -> tuple[dict[int, torch.Tensor], str]:
+    """The fp32 master copy of each parameter the optimizer holds one for, and what the weights are, in words.
+
+    Returns ``({id(parameter): fp32 tensor}, description)``; parameters without an entry (all of them in an fp32
+    run at ZeRO-0, frozen ones in any run) are their own masters. Where the masters live depends on DeepSpeed's
+    wrapper (ZeRO-0 to 2; ZeRO-3 is not handled here):
+
+    * ZeRO-0 with a client optimizer (our LAMB) in bf16/fp16: ``FP16_UnfusedOptimizer``, one fp32 clone per
+      parameter in ``fp32_groups``, aligned with ``fp16_groups`` (the module's parameters, group by group).
+    * ZeRO-0 with DeepSpeed's fused Adam: ``FP16_Optimizer``, one flat fp32 buffer per group in
+      ``fp32_groups_flat``, laid out as ``fp16_groups`` (unflattened against them here).
+    * ZeRO-1/2 and ``BF16_Optimizer``: each rank owns a partition of flat fp32 buffers, linked to the
+      parameters (``_hp_mapping``); DeepSpeed's ``safe_get_full_fp32_param`` reassembles a parameter with an
+      all-reduce, so every rank must call this function, in the same order (it walks ``named_parameters``).
+
+    Tied parameters (the MLM decoder shares the word embeddings and its bias) are one parameter object, so
+    every name of it gets the same master (see :func:`_with_masters`).
+    """
+    module = getattr(engine_or_model, "module", engine_or_model)
+    optimizer = getattr(engine_or_model, "optimizer", None)
+    dtype = _module_dtype(module)
+    masters: dict[int, torch.Tensor] = {}
+    if optimizer is not None:
+        from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+        from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+        if isinstance(optimizer, FP16_UnfusedOptimizer):
+            for low, high in zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True):
+                masters.update({id(p): m for p, m in zip(low, high, strict=True)})
+        elif isinstance(optimizer, FP16_Optimizer):
+            from torch._utils import _unflatten_dense_tensors
+
+            for low, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat, strict=True):
+                masters.update({id(p): m for p, m in zip(low, _unflatten_dense_tensors(flat, low), strict=True)})
+        else:
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            for _, param in module.named_parameters():
+                if hasattr(param, "_hp_mapping"):  # set on every rank, None where it owns no fragment
+                    masters[id(param)] = safe_get_full_fp32_param(param)  # ZeRO-1/2, BF16_Optimizer
+    if masters:
+        return masters, f"fp32 master weights of {_a_run(dtype)}"
+    if dtype == "fp32":
+        return masters, "fp32 module weights of an fp32 run (they are the masters)"
+    return masters, f"{dtype} module weights widened to fp32 (the optimizer keeps no fp32 master copy)"
+
+
+def _with_masters(module: torch.nn.Module, masters: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``module``'s state dict (detached fp32 CPU copies) with each parameter replaced by its master.
+
+    ``keep_vars=True`` keeps the parameter objects, so a tied weight listed under two names maps to one master.
+    """
+    state = module.state_dict(keep_vars=True)
+    return _fp32_cpu({name: masters.get(id(tensor), tensor) for name, tensor in state.items()})
+
+
+def _a_run(precision: str) -> str:
+    """``a bf16 run``, ``an fp16 run``: the card's wording."""
+    return f"{'an' if precision.startswith('f') else 'a'} {precision} run"
+
+
+def _module_dtype(module: torch.nn.Module) -> str:
+    """The floating dtype(s) of ``module``'s parameters, named as the run's precision (``bf16``, ``fp32``...)."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    return "/".join(sorted(_DTYPE_NAMES.get(d, str(d).removeprefix("torch.")) for d in dtypes)) or "fp32"
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
@@ -125,20 +206,23 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tokenizer
             )
         state = _zero_fp32_state_dict(tag_dir)
         source = f"{tag_dir} (ZeRO-{stage}, fp32 master weights)"
+        # zero_to_fp32 reads the fp32 partitions (single_partition_of_fp32_groups), i.e. the masters.
+        weights_from = f"fp32 master weights of {_a_run(_checkpoint_precision(model_states))}"
+        config = _model_config(tag_dir, state)
     else:
         module = model_states.get("module")
         if not module:
             raise ExportError(f"{tag_dir / MODEL_STATES}: no 'module' weights in this DeepSpeed file")
-        dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in module.values() if t.is_floating_point()})
-        state = _fp32_cpu(module)
-        source = f"{tag_dir} (ZeRO-0, module weights in {'/'.join(dtypes)} widened to fp32)"
+        config = _model_config(tag_dir, module)
+        state, weights_from = _checkpoint_master_state(tag_dir, model_states, config)
+        source = f"{tag_dir} (ZeRO-0, {weights_from})"
 
-    config = _model_config(tag_dir, state)
     tokenizer = tokenizer_dir if tokenizer_dir is not None else _tokenizer_source(tag_dir)
     from framework.training.model_card import checkpoint_card_facts
 
     return _write_transformers_folder(config, state, tokenizer, Path(out_dir), source=source,
-                                      card_facts=checkpoint_card_facts(tag_dir, model_states))
+                                      card_facts=checkpoint_card_facts(tag_dir, model_states),
+                                      weights_from=weights_from)
 
 
 def resolve_tag_folder(path: Path) -> Path:
@@ -216,6 +300,121 @@ def _zero_fp32_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
         raise ExportError(f"{tag_dir}: DeepSpeed could not reassemble the ZeRO shards ({type(err).__name__}: "
                           f"{err}); the folder must hold every rank's *_optim_states.pt") from err
     return _fp32_cpu(state)
+
+
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+MASTER_NAMES_KEY = "master_param_names"  # client_state entry of CheckpointManager.save (optimizer_param_names)
+
+
+def optimizer_param_names(engine: Any) -> list[list[str]] | None:
+    """Names of the parameters in each fp32 master group of a ZeRO-0 bf16/fp16 optimizer, group by group.
+
+    DeepSpeed saves ``FP16_UnfusedOptimizer.fp32_groups`` / ``FP16_Optimizer.fp32_groups_flat`` without names;
+    :class:`~framework.training.checkpoint.CheckpointManager` stores this list next to them so that
+    :func:`export_checkpoint` maps the masters back to names without guessing. ``None`` where there is no such
+    optimizer (fp32 runs; ZeRO-1+, whose shards carry their own ``param_shapes``).
+    """
+    groups = getattr(getattr(engine, "optimizer", None), "fp16_groups", None)
+    module = getattr(engine, "module", None)
+    stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
+    if groups is None or module is None or stage != 0:
+        return None
+    names = {id(p): n for n, p in module.named_parameters()}  # a tied parameter appears once, by its first name
+    return [[names[id(p)] for p in group] for group in groups]
+
+
+def _checkpoint_precision(model_states: dict[str, Any]) -> str:
+    """``bf16``, ``fp16`` or ``fp32``, from the checkpoint's DeepSpeed config."""
+    ds = model_states.get("ds_config") or {}
+    for name in ("fp16", "bf16"):
+        if (ds.get(name) or {}).get("enabled"):
+            return name
+    return "fp32"
+
+
+def _checkpoint_master_state(tag_dir: Path, model_states: dict[str, Any],
+                             config: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """A ZeRO-0 checkpoint's weights, with the optimizer's fp32 masters where it saved any, and their description.
+
+    The masters are saved group by group without names (``'optimizer'``: ``fp32_groups``, a list of tensors per
+    group, or ``fp32_groups_flat``, one flat buffer per group). Their names come from the checkpoint's own list
+    (:func:`optimizer_param_names`), else, for checkpoints written before it, from the framework's grouping
+    (:func:`~framework.training.deepspeed_config.optimizer_param_groups`) or one group in ``named_parameters``
+    order (a client optimizer over ``model.parameters()``). A layout is only used when every master has its
+    parameter's shape and rounds exactly to the saved module weight (DeepSpeed copies the rounded master into the
+    module after every step), so a wrong guess cannot slip through; when none passes the module weights are
+    exported, with a warning. Tied names (the decoder) share storage with the parameter they alias in the loaded
+    file (``torch.save`` keeps the sharing) and get the same master.
+    """
+    module: dict[str, torch.Tensor] = model_states["module"]
+    precision = _checkpoint_precision(model_states)
+    optimizer = model_states.get("optimizer")
+    optimizer = optimizer if isinstance(optimizer, dict) else {}
+    if precision == "fp32" or not ({"fp32_groups", "fp32_groups_flat"} & optimizer.keys()):
+        description = ("fp32 module weights of an fp32 run (they are the masters)" if precision == "fp32"
+                       else f"{precision} module weights widened to fp32 (the checkpoint holds no fp32 masters)")
+        return _fp32_cpu(module), description
+    flat = "fp32_groups_flat" in optimizer
+    groups = [[g] if flat else list(g) for g in optimizer["fp32_groups_flat" if flat else "fp32_groups"]]
+
+    for names in _candidate_group_names(model_states, config):
+        masters = _match_masters(groups, names, module, flat)
+        if masters is not None:
+            state = {}
+            for key, tensor in module.items():
+                alias = next((n for n in masters if _same_storage(module[n], tensor)), None)
+                state[key] = masters[alias] if alias is not None else tensor
+            return _fp32_cpu(state), f"fp32 master weights of {_a_run(precision)}"
+    logger.warning("%s: the optimizer's fp32 master weights could not be matched to parameter names; exporting "
+                   "the %s module weights widened to fp32 (without the masters' low bits)", tag_dir, precision)
+    return _fp32_cpu(module), (f"{precision} module weights widened to fp32 (the checkpoint's fp32 masters could not "
+                               "be matched to parameter names)")
+
+
+def _candidate_group_names(model_states: dict[str, Any], config: Any) -> list[list[list[str]]]:
+    """Parameter names per optimizer group: the checkpoint's own record first, then the framework's layouts."""
+    candidates = []
+    recorded = model_states.get(MASTER_NAMES_KEY)
+    if recorded:
+        candidates.append([list(group) for group in recorded])
+    from transformers import BertForMaskedLM
+
+    from framework.training.deepspeed_config import optimizer_param_groups
+
+    with torch.device("meta"):  # names and shapes only; nothing is allocated
+        model = BertForMaskedLM(config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    candidates.append([[names[id(p)] for p in g["params"]] for g in optimizer_param_groups(model)])
+    candidates.append([[n for n, p in model.named_parameters() if p.requires_grad]])
+    return candidates
+
+
+def _match_masters(groups: list[list[torch.Tensor]], names: list[list[str]], module: dict[str, torch.Tensor],
+                   flat: bool) -> dict[str, torch.Tensor] | None:
+    """``{name: master}`` when ``names`` lays out ``groups`` exactly (see :func:`_checkpoint_master_state`)."""
+    if len(groups) != len(names) or any(n not in module for group in names for n in group):
+        return None
+    masters: dict[str, torch.Tensor] = {}
+    for tensors, group_names in zip(groups, names):
+        if flat:  # FP16_Optimizer: the group's parameters back to back, in the group's order
+            sizes = [module[n].numel() for n in group_names]
+            if tensors[0].dim() != 1 or tensors[0].numel() != sum(sizes):
+                return None
+            tensors = [t.view(module[n].shape) for t, n in zip(torch.split(tensors[0], sizes), group_names)]
+        if len(tensors) != len(group_names):
+            return None
+        for tensor, name in zip(tensors, group_names):
+            saved = module[name]
+            if tensor.shape != saved.shape or not torch.equal(tensor.to(saved.dtype), saved):
+                return None
+            masters[name] = tensor
+    return masters
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` is ``a`` under another name (a tied weight)."""
+    return (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.shape == b.shape
+            and a.stride() == b.stride() and a.storage_offset() == b.storage_offset())
 
 
 def _fp32_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -303,9 +502,11 @@ def _load_tokenizer(tokenizer: Any):  # noqa: ANN202 - a transformers tokenizer
 
 
 def _write_transformers_folder(config: Any, state: dict[str, torch.Tensor], tokenizer: Any, out_dir: Path,
-                               source: str, card_facts: dict[str, Any] | None = None) -> Path:
+                               source: str, card_facts: dict[str, Any] | None = None,
+                               weights_from: str | None = None) -> Path:
     """Build a fresh fp32 ``BertForMaskedLM`` from ``config``, load ``state`` strictly, save it with the tokenizer
-    and the model card (``README.md``, :mod:`framework.training.model_card`)."""
+    and the model card (``README.md``, :mod:`framework.training.model_card`); ``weights_from`` (what ``state``
+    was taken from, e.g. ``fp32 master weights of a bf16 run``) goes into the card."""
     from transformers import BertForMaskedLM
 
     bad = [name for name, tensor in state.items()
@@ -340,6 +541,8 @@ def _write_transformers_folder(config: Any, state: dict[str, torch.Tensor], toke
         raise ExportError(f"{out_dir}: save_pretrained wrote no safetensors weights; upgrade transformers (>=4.40)")
     from framework.training.model_card import write_model_card
 
+    if weights_from is not None:
+        card_facts = {**(card_facts or {}), "weights_from": weights_from}
     try:
         write_model_card(out_dir, card_facts)
     except (OSError, ValueError, TypeError, KeyError) as err:  # the weights are safe; a card must not undo an export

@@ -5,7 +5,8 @@ export in the training layer; the evaluation layer adds its results through :fun
 holds three files:
 
     model_card.json     the facts gathered at export: base model, corpus, lexicon, masking, steps, tokens seen,
-                        hardware, final validation metrics, weights (written once per export)
+                        hardware, final validation metrics, weights and what they were exported from
+                        (``weights_from``, e.g. the fp32 master weights of a bf16 run; written once per export)
     eval_results.json   evaluation and fine-tuning results by key (``evaluate``, ``finetune/csl-category``...)
     README.md           rendered from the two files above, deterministically: same files, same bytes
 
@@ -369,6 +370,7 @@ def render_model_card(facts: dict[str, Any], results: dict[str, Any] | None = No
     lines += ["## Weights", ""]
     lines += [*_table(["", "value"], [
         ["dtype", _show(weights.get("dtype"))],
+        ["exported from", _show(facts.get("weights_from"))],  # e.g. the fp32 master weights of a bf16 run
         ["parameters (stored tensors)", _show(weights.get("parameters"))],
         ["files", _show(", ".join(weights["files"]) if weights.get("files") else None)],
         ["sha256", _show(weights.get("sha256"))],

@@ -141,3 +141,13 @@ def test_preflight_checks_train_batch_size_against_the_launcher_world(tmp_path: 
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(ConfigError, match=r"train_batch_size=64 contradicts .* x 1 rank\(s\) = 32"):
         preflight(cfg)
+
+
+def test_preflight_refuses_deepspeed_node_local_checkpoint_storage(tmp_path: Path) -> None:
+    """DeepSpeed's ``use_node_local_storage`` makes every node's *local* rank 0 write the model states: into the
+    run's one shared checkpoint folder, one file with a writer per node."""
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "checkpoint": {"use_node_local_storage": True}}))
+    cfg = load_run_config(["--max-steps", "1", "--deepspeed_config", str(ds), "--output-dir", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match="use_node_local_storage"):
+        preflight(cfg)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer, BertTokenizer
 
+from framework.data.atomic import current_umask
 from framework.data.readers import BadInputError
 from framework.data.segmented import SegmentedDataset, build_segmented_dataset
 from framework.data.segmenter import Segmenter
@@ -77,6 +78,9 @@ def test_build_caches_and_reuses(tmp_path: Path, csl_sentences, tiny_tokenizer_d
     assert len(ds1) == 800
     meta = json.loads((ds1.folder / "meta.json").read_text())
     assert meta["sentences"] == 800 and meta["entities"] > 0
+    # Built in a uniquely named folder (mkdtemp: 0700), renamed into place readable as a plain mkdir leaves it.
+    assert ds1.folder.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    assert [p.name for p in ds1.folder.parent.iterdir()] == [ds1.folder.name], "no build folder left behind"
 
     # Same inputs: the cache is reused, not rebuilt (the folder and its files are untouched).
     mtime = os.path.getmtime(ds1.folder / "tokens.bin")

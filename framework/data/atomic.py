@@ -12,13 +12,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["AtomicTextFile", "atomic_text_file"]
+__all__ = ["AtomicTextFile", "atomic_text_file", "current_umask"]
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it and back: there is no getter). For widening what ``mkstemp`` and
+    ``mkdtemp`` create (0600, 0700) to what a plain ``open``/``mkdir`` would, before a rename into place."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_umask = current_umask
 
 
 class AtomicTextFile:

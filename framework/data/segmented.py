@@ -17,8 +17,9 @@ processes, and streams the results into flat binary files that are later memory-
 
 ``<key>`` hashes the corpus bytes, the tokenizer's vocabulary, the lexicon files and the segmenter's
 settings, so a second run, a later epoch or another rank reuses the cache, and any change to one of them
-builds a new one. A build writes into a temporary folder and renames it into place, so an interrupted
-build never leaves a cache that looks complete.
+builds a new one. A build writes into a temporary folder of its own (a unique name, also across the nodes of a
+cluster sharing the folder) and renames it into place, so an interrupted build never leaves a cache that looks
+complete, and two builds of the same cache cannot mix their files (the second rename loses and is removed).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from framework.data.atomic import current_umask
 from framework.data.corpus import available_cores
 from framework.data.example import EntityTable, SegmentedExample, VocabInfo
 from framework.data.segmenter import SegmentedChunk, Segmenter, entity_token_table, iter_chunks
@@ -203,9 +206,12 @@ def build_segmented_dataset(
         return SegmentedDataset(folder, max_seq_len=max_seq_len)
 
     workers = max(1, workers or available_cores())
-    tmp = root / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    # A name no other builder can have: process ids repeat across the nodes of a cluster (and across containers),
+    # and two builds sharing one folder would write into each other's files. mkdtemp's 0700 is widened to what the
+    # umask allows, as a plain mkdir would leave it, so that other users can still read the renamed cache.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=root))
+    os.chmod(tmp, 0o777 & ~current_umask())
     started = time.perf_counter()
     writer = _Writer(tmp)
     input_bytes = corpus.stat().st_size

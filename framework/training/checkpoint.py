@@ -19,6 +19,12 @@ atomic: a reader sees the whole checkpoint or none of it). A crash or a full dis
 the staging folder, which nothing reads and the next save removes. Saving a step whose complete checkpoint
 exists already (a finished run resumed with nothing to do) writes nothing.
 
+"Rank 0" is the *global* rank 0, and every decision about the folder (is this step saved already, are all files
+there, prune) is its alone, sent to the others: on several nodes sharing ``OUTPUT`` (docs/training.md, "Several
+nodes") each file of a checkpoint has exactly one writer, and a node that sees the shared folder a moment late
+cannot take another branch. Before writing the manifest rank 0 waits until it sees every file the other ranks say
+they wrote.
+
 Resuming verifies before it trusts: ``--resume auto`` takes the newest checkpoint whose files match its
 manifest (sizes and SHA-256), saying in one line which it took and which it skipped and why; ``--resume
 PATH`` to a damaged checkpoint is a one-line error naming the file. Checkpoints written before manifests
@@ -44,7 +50,8 @@ import torch
 import torch.distributed as dist
 
 from framework.config import RunConfig
-from framework.training.distributed import barrier
+from framework.training.distributed import SHARED_WAIT_S, all_gather_objects, barrier, rank0_decides, wait_for_path
+from framework.training.distributed import broadcast_from_rank0 as _broadcast_from_rank0
 
 logger = logging.getLogger(__name__)
 
@@ -168,13 +175,11 @@ def verify_checkpoint(folder: Path, hashes: bool = True) -> str | None:
     return None
 
 
-def _broadcast_from_rank0(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (the value itself in a world of one)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return value
+
+
+def _files_under(folder: Path) -> list[str]:
+    """The files under ``folder`` as this process sees them, relative POSIX paths."""
+    return [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
 
 
 class CheckpointManager:
@@ -254,12 +259,18 @@ class CheckpointManager:
         """
         tag = checkpoint_tag(state.step)
         folder = self.root / tag
-        if is_complete(folder):
-            reason = _broadcast_from_rank0(verify_checkpoint(folder) if self.rank == 0 else None)
-            if reason is None:
+        # Rank 0 looks and tells the others: on a shared filesystem another node may see the folder late, and
+        # ranks that took different branches here would wait in different collectives.
+        found = None  # no complete checkpoint of this step; "" an intact one; else why it is damaged
+        if self.rank == 0 and is_complete(folder):
+            found = verify_checkpoint(folder) or ""
+        found = _broadcast_from_rank0(found)
+        if found is not None:
+            if found == "":
                 if self.rank == 0:
                     logger.info("checkpoint %s exists and is intact; not writing it again", folder)
                 return folder
+            reason = found
             if self.rank == 0:  # kept for inspection under a name nothing resumes from, never written into
                 aside = folder.with_name(f"{tag}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
                 os.replace(folder, aside)
@@ -281,8 +292,16 @@ class CheckpointManager:
             client_state[MASTER_NAMES_KEY] = names
         engine.save_checkpoint(str(self.root), tag=staging.name, client_state=client_state, save_latest=False)
         torch.save(capture_rng_state(), staging / f"rng_state_rank{self.rank}.pt")
-        barrier()  # every rank's shards and RNG file are on disk before the marker says so
-        if self.rank == 0:
+        # Every rank names the files it sees (its own at least): on a network filesystem rank 0 may see another
+        # node's new file a moment late, and a manifest that missed one would not protect it.
+        written = sorted({name for names in all_gather_objects(_files_under(staging)) for name in names})
+
+        def seal() -> None:  # rank 0 alone; its exception (disk full, a shard missing) stops every rank
+            missing = [name for name in written if not wait_for_path(staging / name, SHARED_WAIT_S)]
+            if missing:
+                raise CheckpointError(f"{staging}: rank 0 does not see {', '.join(missing[:4])} that other ranks "
+                                      f"wrote {SHARED_WAIT_S:g} s ago; is --output-dir on a filesystem every node "
+                                      "shares? The last complete checkpoint is untouched")
             config.save(staging)
             if self.tokenizer is not None:
                 from framework.training.export import write_hf_config
@@ -297,7 +316,9 @@ class CheckpointManager:
             os.replace(staging, folder)
             self._prune()
             logger.info("saved checkpoint %s in %.1f s", folder, time.perf_counter() - started)
-        barrier()  # nobody races ahead into a prune or a second save
+
+        # Also the barrier after the save: nobody races ahead into a prune or a second save.
+        rank0_decides(self.rank, seal)
         return folder
 
     def load(self, engine: Any, folder: Path) -> TrainState:

@@ -164,6 +164,22 @@ def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
     return value
 
 
+def check_checkpoint_storage(cfg: dict[str, Any], source: str | Path) -> None:
+    """Refuse DeepSpeed's ``"checkpoint": {"use_node_local_storage": true}``.
+
+    With it DeepSpeed picks its checkpoint writers by *local* rank (``engine.local_rank``), so the local rank 0 of
+    every node writes ``mp_rank_00_model_states.pt``: into the one shared checkpoint folder this framework saves to,
+    that is one file written by several processes at once. The framework's checkpoints (a staging folder renamed
+    by global rank 0 once its manifest lists every rank's files) need all of them in one shared folder anyway.
+    """
+    section = cfg.get("checkpoint")
+    if isinstance(section, dict) and section.get("use_node_local_storage"):
+        raise ConfigError(
+            f"{source}: \"checkpoint\": {{\"use_node_local_storage\": true}} is not supported: every node's local "
+            "rank 0 would write the model states into the run's shared checkpoint folder at once. Remove it; the "
+            "checkpoints need an --output-dir that every node shares (docs/training.md, \"Several nodes\")")
+
+
 def _pick(run_value: Any, file_value: Any, default: Any, name: str, notes: list[str]) -> Any:
     """Run config beats the file; the file beats the default; ``"auto"`` or absent means "not given"."""
     if run_value is not None:
@@ -235,6 +251,7 @@ def resolve_deepspeed_config(
         fused_lamb = cuda and fused_lamb_available()
     source = Path(path) if path is not None else default_deepspeed_config_path(cuda)
     cfg = copy.deepcopy(load_deepspeed_json(source))
+    check_checkpoint_storage(cfg, source)
     overrides: list[str] = []
 
     micro, accum = batch_geometry(cfg, training, world_size, source, overrides)

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -34,7 +35,8 @@ from framework.batching.groups import batch_counts, resolve_layout
 from framework.config import ConfigError, RunConfig
 from framework.data.example import IGNORE_INDEX
 from framework.training.checkpoint import CheckpointManager, TrainState
-from framework.training.distributed import all_reduce_max, all_reduce_sum, barrier, init_distributed, on_rank0_first
+from framework.training.distributed import (all_reduce_max, all_reduce_sum, barrier, check_shared_folder,
+                                           init_distributed, rank0_decides)
 from framework.training.data import ResumableDistributedSampler, batches_per_epoch, build_loader
 from framework.training.engine import build_engine, seed_everything, setup_logging  # noqa: F401 - re-exported
 
@@ -81,7 +83,7 @@ def preflight(cfg: RunConfig) -> None:
     from framework.data.example import VocabInfo
     from framework.masking.base import MaskingContext
     from framework.masking.registry import build_strategy
-    from framework.training.deepspeed_config import batch_geometry, load_deepspeed_json
+    from framework.training.deepspeed_config import batch_geometry, check_checkpoint_storage, load_deepspeed_json
 
     # A stand-in vocabulary: enough for a strategy to validate its options (the real one comes with the data).
     stand_in = VocabInfo(vocab_size=128, mask_token_id=4, pad_token_id=0, cls_token_id=2, sep_token_id=3,
@@ -89,6 +91,7 @@ def preflight(cfg: RunConfig) -> None:
     build_strategy(cfg.masking.name, cfg.masking.args, MaskingContext(stand_in, None))
     if cfg.training.deepspeed_config is not None:
         ds_json = load_deepspeed_json(cfg.training.deepspeed_config)
+        check_checkpoint_storage(ds_json, cfg.training.deepspeed_config)
         # The launcher's WORLD_SIZE is already in the environment; torch.distributed is not started yet.
         batch_geometry(ds_json, cfg.training, int(os.environ.get("WORLD_SIZE", "1") or 1), cfg.training.deepspeed_config)
     check_output_writable(Path(cfg.checkpoint.output_dir))
@@ -176,11 +179,21 @@ def prepare_tokenizer(cfg: RunConfig, data_dir: Path, output_dir: Path) -> str:
         return m.name_or_path
     folder = output_dir / "tokenizer"
     if not (folder / "vocab.txt").is_file():
+        from framework.data.atomic import current_umask
         from framework.data.vocab import build_vocab_from_files
 
         logger.info("model from scratch without --tokenizer: building a %d-token vocabulary from %s into %s",
                     m.vocab_size, data_dir / cfg.data.train_file, folder)
-        build_vocab_from_files([data_dir / cfg.data.train_file], folder, vocab_size=m.vocab_size)
+        # Built beside and renamed into place: a run killed halfway leaves no vocab.txt without its config files.
+        output_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=output_dir))
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700, widened as a plain mkdir would leave it
+        try:
+            build_vocab_from_files([data_dir / cfg.data.train_file], staging, vocab_size=m.vocab_size)
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder of an older version, if any
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(folder)
 
 
@@ -198,6 +211,33 @@ def _segmented(cfg: RunConfig, corpus: Path, tokenizer_path: str, lexicons: list
                                    workers=cfg.data.segment_workers, max_seq_len=cfg.data.seq_len, progress=False)
 
 
+def _shared_segmented(cfg: RunConfig, rank: int, corpus: Path, tokenizer_path: str,  # noqa: ANN202
+                      lexicons: list[Path]):
+    """The segmented dataset of ``corpus`` on every rank: global rank 0 builds (or reuses) the cache, the other
+    ranks open the folder it names and write nothing.
+
+    Where a rank cannot see that folder (a ``--cache-dir`` on a node-local disk), it builds a copy of its own
+    (the build is atomic, so ranks sharing that disk cannot spoil each other's) and says so.
+    """
+    from framework.data.segmented import SegmentedDataset
+    from framework.training.distributed import SHARED_WAIT_S, wait_for_path
+
+    built: dict[str, Any] = {}  # rank 0 keeps the opened dataset; only its folder travels
+
+    def build() -> str:
+        built["dataset"] = _segmented(cfg, corpus, tokenizer_path, lexicons)
+        return str(built["dataset"].folder)
+
+    folder = Path(rank0_decides(rank, build))
+    if rank == 0:
+        return built["dataset"]
+    if wait_for_path(folder / "meta.json", SHARED_WAIT_S):
+        return SegmentedDataset(folder, max_seq_len=cfg.data.seq_len)
+    logger.warning("rank %d does not see the segmented cache %s that rank 0 built (is --cache-dir on a node-local "
+                   "disk?); building a copy of its own", rank, folder)
+    return _segmented(cfg, corpus, tokenizer_path, lexicons)
+
+
 @dataclass
 class PreparedData:
     """The run's data, ready for masking: tokenizer and segmented train/valid sets (``valid_set`` may be None)."""
@@ -210,24 +250,28 @@ class PreparedData:
 
 
 def prepare_data(cfg: RunConfig, rank: int, output_dir: Path) -> PreparedData:
-    """Corpus, tokenizer and segmented datasets; rank 0 builds first, the other ranks then reuse its output.
+    """Corpus, tokenizer and segmented datasets: global rank 0 builds them, the other ranks open what it built.
+
+    Global rank 0 alone writes (the demo corpus, a vocabulary, the segmented caches) and decides (which folders,
+    whether there is a validation set); the other ranks receive its answers (:func:`rank0_decides`), so on several
+    nodes sharing the data and output folders no file is written twice and every rank takes the same branch.
 
     Also records the resolved data folder and tokenizer in ``cfg``, so that the saved config reproduces the
     run (and ``launch/export.py`` finds the tokenizer).
     """
     from framework.training.model import load_tokenizer
 
-    data_dir = on_rank0_first(rank, lambda: prepare_corpus(cfg, output_dir))
-    tokenizer_path = on_rank0_first(rank, lambda: prepare_tokenizer(cfg, data_dir, output_dir))
+    data_dir = Path(rank0_decides(rank, lambda: str(prepare_corpus(cfg, output_dir))))
+    tokenizer_path = rank0_decides(rank, lambda: str(prepare_tokenizer(cfg, data_dir, output_dir)))
     cfg.data.dir, cfg.model.tokenizer = str(data_dir), str(tokenizer_path)
     if not cfg.model.name_or_path and not cfg.model.config:
         cfg.model.config = "tiny"
-    lexicons = _lexicons(cfg, data_dir)
-    train_set = on_rank0_first(rank, lambda: _segmented(cfg, data_dir / cfg.data.train_file, tokenizer_path, lexicons))
+    lexicons = [Path(p) for p in rank0_decides(rank, lambda: [str(p) for p in _lexicons(cfg, data_dir)])]
+    train_set = _shared_segmented(cfg, rank, data_dir / cfg.data.train_file, tokenizer_path, lexicons)
     valid_path = data_dir / cfg.data.valid_file
     valid_set = None
-    if valid_path.is_file() and valid_path.stat().st_size > 0:
-        valid_set = on_rank0_first(rank, lambda: _segmented(cfg, valid_path, tokenizer_path, lexicons))
+    if rank0_decides(rank, lambda: valid_path.is_file() and valid_path.stat().st_size > 0):
+        valid_set = _shared_segmented(cfg, rank, valid_path, tokenizer_path, lexicons)
     elif rank == 0:
         logger.warning("no %s: evaluation is skipped", valid_path)
     return PreparedData(data_dir, tokenizer_path, load_tokenizer(tokenizer_path), train_set, valid_set)
@@ -320,6 +364,9 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         print("run configuration:\n" + cfg.to_yaml(), flush=True)
+    barrier()
+    # Several nodes write one run: their checkpoint shards must meet in one folder (a no-op in a world of one).
+    check_shared_folder(output_dir, rank, "--output-dir")
 
     data = prepare_data(cfg, rank, output_dir)
     tokenizer, train_set, valid_set = data.tokenizer, data.train_set, data.valid_set

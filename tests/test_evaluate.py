@@ -124,6 +124,26 @@ def test_the_probe_masks_exactly_one_whole_entity_per_item(eval_dataset, csl_lex
     assert all(it.in_train_lexicon for it in flagged if it.kind == cloze.ENTITY)
 
 
+def test_clearly_above_baseline_uses_the_paired_standard_error() -> None:
+    """A model 0.075 nats a token above the baseline on every item, items of very different difficulty: the
+    unpaired SE (0.046, the items' spread) would call it noise, the paired one (about 0.02) does not."""
+    from framework.evaluation import cloze
+    from framework.evaluation.mlm import clearly_above_baseline
+
+    rng = np.random.default_rng(0)
+    baseline = rng.normal(-6.9, 1.4, 900)
+    model = baseline + 0.075 + rng.normal(0, 0.6, 900)
+    summary = lambda lp: {"word": {"mean_logprob": float(lp.mean()),  # noqa: E731
+                                   "mean_logprob_se": float(lp.std(ddof=1) / np.sqrt(len(lp)))}}
+    result = {"mlm": {"masked_accuracy": 0.15}, "mlm_baseline": {"masked_accuracy": 0.05},
+              "cloze": summary(model), "cloze_baseline": summary(baseline)}
+    assert not clearly_above_baseline(result)  # an old result: unpaired, too strict
+    result["cloze_vs_baseline"] = {"word": cloze.paired_difference(model, baseline)}
+    assert clearly_above_baseline(result)
+    result["mlm"]["masked_accuracy"] = 0.055  # no better than the baseline at predicting tokens: never counts
+    assert not clearly_above_baseline(result)
+
+
 def test_paired_difference() -> None:
     from framework.evaluation.cloze import paired_difference
 

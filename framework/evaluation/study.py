@@ -673,7 +673,7 @@ def write_report(cfg: StudyConfig, command: str) -> Path:
     for strategy, (n_above, n_total) in above.items():
         lines.append(f"- {strategy}: {n_above} of {n_total} evaluated models clearly beat the unigram baseline "
                      "(masked accuracy more than 1 point above it and ordinary-word probe log-probability more "
-                     "than 3 standard errors above it).")
+                     "than 3 paired standard errors above it, the same items scored by both).")
     if above and not any(n for n, _ in above.values()):
         lines.append("- **No model is clearly above the unigram baseline**, so the differences between strategies "
                      "below say nothing about their merit: the models learnt token frequencies, not context.")
@@ -717,6 +717,15 @@ def _above_baseline(cfg: StudyConfig, results: dict[str, dict[str, dict[str, Any
         ev = results.get(run, {}).get("evaluate")
         if ev is None:
             continue
+        items = Path(cfg.results_dir) / run / "cloze_items.npz"
+        if "cloze_vs_baseline" not in ev and items.is_file():
+            # Results from before evaluate.py reported the paired difference: pair it from the saved items.
+            from framework.evaluation.cloze import paired_difference
+
+            with np.load(items) as z:
+                words = _group_mask(z, "word")
+                ev = {**ev, "cloze_vs_baseline": {"word": paired_difference(z["mean_logprob"][words],
+                                                                            z["baseline_mean_logprob"][words])}}
         n_above, n_total = out.get(strategy, (0, 0))
         out[strategy] = (n_above + int(clearly_above_baseline(ev)), n_total + 1)
     return out

@@ -94,6 +94,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: P
     report = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "| held-out masked accuracy ↑ |" in report and "entity_wwm − wwm" in report
     assert "| csl-keywords dev accuracy ↑ |" in report and "6 of 6 stages finished" in report
+    assert "## What this means" not in report  # only when the people who ran it wrote results_dir/interpretation.md
     assert (results / "valid_loss.png").stat().st_size > 1000 and (results / "metrics.png").is_file()
     assert json.loads((results / "data.json").read_text(encoding="utf-8"))["fingerprint"]
     assert (results / "tokenizer" / "vocab.txt").read_bytes() == (data / "tokenizer" / "vocab.txt").read_bytes()
@@ -101,6 +102,10 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path: Path, shared_data_dir: P
     before = (results / "wwm-seed1" / "pretrain.json").stat().st_mtime_ns
     again = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 stages done" in again.stdout
+    (results / "interpretation.md").write_text("Nothing separates the two strategies at this size.\n", encoding="utf-8")
+    subprocess.run(env_cmd + ["--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    report = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "## What this means\n\nNothing separates the two strategies at this size." in report
     assert (results / "wwm-seed1" / "pretrain.json").stat().st_mtime_ns == before
     # Results made from other data are never mixed with new ones.
     with open(data / "pretrain" / "train.txt", "a", encoding="utf-8") as f:

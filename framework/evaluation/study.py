@@ -678,6 +678,9 @@ def write_report(cfg: StudyConfig, command: str) -> Path:
         lines.append("- **No model is clearly above the unigram baseline**, so the differences between strategies "
                      "below say nothing about their merit: the models learnt token frequencies, not context.")
     lines += [f"- {line}" for line in separations(table, cfg.strategies)]
+    notes = Path(cfg.results_dir) / "interpretation.md"
+    if notes.is_file():  # written by the people who ran the study, versioned beside its results
+        lines += ["", "## What this means", "", notes.read_text(encoding="utf-8").strip()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({os.path.relpath(p, report.parent)})" for p in plots]
     lines += ["", "## Commands of each stage", ""]
     for run, stages in results.items():

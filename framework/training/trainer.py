@@ -398,7 +398,7 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     # Resume.
     checkpoints = CheckpointManager(output_dir / "checkpoints", cfg.checkpoint.keep_last, rank, tokenizer)
     resume_from = checkpoints.resolve_resume(cfg.checkpoint.resume)
-    state = checkpoints.load(engine, resume_from) if resume_from is not None else TrainState()
+    state = checkpoints.load(engine, resume_from, cfg) if resume_from is not None else TrainState()
 
     from framework.training.reporting import MetricsReporter
 

@@ -394,6 +394,12 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     micro = ds.micro_batch_size
     layout = resolve_layout(cfg.data.packing, cfg.data.length_bucketing, cuda=engine.device.type == "cuda")
     cfg.data.packing = layout == "packed"
+    cfg.training.deepspeed_config = str(ds.source)  # saved as resolved, so --config OUTPUT/run_config.yaml reruns it
+    if is_main:
+        from framework.training.provenance import resolved_record
+
+        cfg.resolved = resolved_record(ds, model, tokenizer, world_size, cfg.model.name_or_path or cfg.model.config,
+                                       data.tokenizer_path)
 
     # Resume.
     checkpoints = CheckpointManager(output_dir / "checkpoints", cfg.checkpoint.keep_last, rank, tokenizer)

@@ -72,3 +72,18 @@ def test_resume_with_more_steps_says_so_and_does_not_jump(small_run: Path, tmp_p
     assert 0 < slope and train[24] - train[25] == pytest.approx(slope, rel=1e-6)
     assert train[25] < train[24] and train[36] == pytest.approx(slope, rel=1e-6)
     assert saved["training"]["max_steps"] == 24
+
+
+def test_masked_examples_are_validation_sentences_with_marked_targets(small_run: Path, csl_data: Path) -> None:  # noqa: F811
+    """Issue 11 item 5: masked_examples.jsonl used to hold training sentences; docs/training.md says validation."""
+    rows = [json.loads(line) for line in (small_run / "masked_examples.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and {r["split"] for r in rows} == {"valid"}
+    valid = (csl_data / "valid.txt").read_text(encoding="utf-8").replace(" ", "")
+    train = (csl_data / "train.txt").read_text(encoding="utf-8").replace(" ", "")
+    compact = [r["original"].replace(" ", "").replace("##", "") for r in rows if "[UNK]" not in r["original"]]
+    # Tokenisation normalises a few characters (case, some punctuation), so most, not all, are found verbatim.
+    in_valid, in_train = sum(c in valid for c in compact), sum(c in train for c in compact)
+    assert in_valid >= len(compact) // 2 and in_train == 0, (in_valid, in_train, len(compact))
+    for r in rows:
+        assert len(r["targets"].split()) == len(r["target_kinds"].split())
+        assert set(r["target_kinds"].split()) <= {"masked", "replaced", "kept"}

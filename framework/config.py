@@ -44,6 +44,9 @@ DEMO_PRESET: dict[str, dict[str, Any]] = {
 
 
 
+RESOLVED = "resolved"  # the saved run config's record section (RunConfig.resolved), skipped by the loader
+
+
 class ConfigError(ValueError):
     """A run configuration that cannot work; the message says where the problem is and what to change."""
 
@@ -207,6 +210,10 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    # What the run resolved (DeepSpeed JSON used and its content, vocabulary size, model revision, package
+    # versions, framework commit), filled by the trainer and saved as a ``resolved:`` section. A record, not a
+    # setting: ``--config`` skips it (the run resolves afresh), so a saved run_config.yaml loads as it is.
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_demo(self) -> bool:
@@ -214,8 +221,11 @@ class RunConfig:
         return self.data.dir is None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-serialisable form with any secret-looking entry redacted."""
-        return redact_secrets(dataclasses.asdict(self))
+        """Plain, JSON-serialisable form with any secret-looking entry redacted (no ``resolved`` while empty)."""
+        mapping = dataclasses.asdict(self)
+        if not mapping.get(RESOLVED):
+            mapping.pop(RESOLVED, None)
+        return redact_secrets(mapping)
 
     def to_yaml(self) -> str:
         """The configuration as YAML, in the layout ``--config`` reads back."""
@@ -294,8 +304,11 @@ def _field_types(section: Any) -> dict[str, Any]:
 
 def _apply_mapping(cfg: RunConfig, mapping: dict[str, Any], source: str, lines: dict[str, int]) -> None:
     sections = _field_types(cfg)
+    sections.pop(RESOLVED)
     for name, values in mapping.items():
         where = f"{source}:{lines[name]}" if name in lines else source
+        if name == RESOLVED:
+            continue  # a saved run's record of what it resolved; this run resolves its own
         if name not in sections:
             raise ConfigError(f"{where}: unknown section {name!r}; the sections are {', '.join(sections)}")
         if not isinstance(values, dict):

@@ -127,6 +127,19 @@ def test_saved_config_round_trips(tmp_path: Path, data_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- DeepSpeed configs
 
 
+def test_saved_resolved_section_is_recorded_and_skipped_by_the_loader(tmp_path: Path, data_dir: Path) -> None:
+    """Issue 11 item 4: what a run resolved is saved beside its settings; --config reads the settings alone."""
+    cfg = load_run_config(["--data", str(data_dir), "--max-steps", "7"])
+    assert "resolved" not in cfg.to_dict()  # nothing resolved yet: nothing printed
+    cfg.resolved = {"vocab_size": 1475, "deepspeed": {"train_batch_size": 16}, "packages": {"torch": "2.13"}}
+    cfg.save(tmp_path)
+    assert json.loads((tmp_path / "run_config.json").read_text())["resolved"]["vocab_size"] == 1475
+    again = load_run_config(["--config", str(tmp_path / "run_config.yaml")])
+    assert again.resolved == {} and again.training.max_steps == 7
+    with pytest.raises(ConfigError, match="the sections are data, model, masking, training, checkpoint, report$"):
+        RunConfig.from_dict({"resolve": {}})
+
+
 def test_shipped_configs_resolve_without_auto_left() -> None:
     training = RunConfig().training
     training.max_steps = 1000

@@ -67,3 +67,71 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"step": 1, "split": "train", "lr": 0.1}])
     with pytest.raises(ValueError, match="empty.jsonl"):
         plot_losses(empty, tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------- the dashboard (issue 11, item 8)
+
+def run_records(scale: float = 1.0) -> list[dict]:
+    records = [{"step": s, "split": "train", "loss": scale * (8.0 - 0.05 * s), "lr": 1e-3 * min(s, 10) / 10,
+                "tokens_per_s": 500.0 + s, "grad_norm": 1.0 / s} for s in range(1, 101)]
+    records += [{"step": s, "split": "valid", "loss": scale * (7.5 - 0.04 * s), "perplexity": 100.0 / (1 + s),
+                 "masked_accuracy": s / 200, "entity_accuracy": s / 300} for s in (0, 25, 50, 75, 100)]
+    return records
+
+
+def test_every_metric_is_read_with_the_latest_record_per_step(tmp_path: Path) -> None:
+    from framework.training.plot import read_metric_curves
+
+    metrics = write_jsonl(tmp_path / "m.jsonl", [{"step": 1, "split": "train", "lr": 0.1, "loss": 3.0},
+                                                {"step": 1, "split": "train", "lr": 0.2, "loss": None},
+                                                {"step": 2, "split": "valid", "entity_accuracy": 0.5}])
+    curves = read_metric_curves(metrics)
+    assert curves == {("train", "lr"): [(1, 0.2)], ("train", "loss"): [(1, 3.0)],
+                      ("valid", "entity_accuracy"): [(2, 0.5)]}
+
+
+def test_loss_png_is_a_grid_of_panels(tmp_path: Path) -> None:
+    """loss.png used to hold the loss alone: the lr, throughput and accuracy curves now have panels of their own."""
+    out = plot_losses(write_jsonl(tmp_path / "metrics.jsonl", run_records()), tmp_path / "loss.png")
+    height, width = matplotlib.image.imread(out).shape[:2]
+    assert width > 1.5 * height  # 3 x 2 panels
+    # The entity-accuracy curve (C2, green) exists only in the accuracy panel of the grid.
+    assert colour_pixels(out, np.array([0x2C, 0xA0, 0x2C]) / 255) > 50
+    # Train curves in four panels (loss, lr, tokens/s, grad norm): far more blue than a single loss line draws.
+    single = plot_losses(write_jsonl(tmp_path / "loss_only.jsonl",
+                                     [{"step": s, "split": "train", "loss": 8.0 - 0.05 * s} for s in range(1, 101)]),
+                         tmp_path / "loss_only.png")
+    assert colour_pixels(out, C0) > 2 * colour_pixels(single, C0)
+
+
+def test_several_runs_overlay_one_colour_each(tmp_path: Path) -> None:
+    from framework.training.plot import plot_runs
+
+    runs = []
+    for i, name in enumerate(("entity_wwm", "wwm", "span")):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_jsonl(folder / "metrics.jsonl", run_records(1.0 + 0.1 * i))
+        runs.append(folder)
+    out = plot_runs(runs, tmp_path / "study.png")
+    green = np.array([0x2C, 0xA0, 0x2C]) / 255  # C2: the third run
+    assert colour_pixels(out, C0) > 100 and colour_pixels(out, C1) > 100 and colour_pixels(out, green) > 100
+
+
+def test_launch_plot_cli_and_its_error_for_a_folder_without_metrics(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    run.mkdir()
+    write_jsonl(run / "metrics.jsonl", run_records())
+    (tmp_path / "empty").mkdir()
+    ok = subprocess.run([sys.executable, str(root / "launch" / "plot.py"), str(run), str(run / "metrics.jsonl"),
+                         "--output", str(tmp_path / "both.png")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
+    bad = subprocess.run([sys.executable, str(root / "launch" / "plot.py"), str(run), str(tmp_path / "empty"),
+                          "--output", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and not (tmp_path / "x.png").exists()
+    assert f"{tmp_path / 'empty'}: has no metrics.jsonl" in bad.stderr

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 MANIFEST = "MANIFEST.json"
+SCHEDULE_KEY = "lr_schedule"  # client state: the learning-rate schedule as run (framework.training.schedule)
 STAGING_PREFIX = ".saving-"
 MODEL_STATES = "mp_rank_00_model_states.pt"
 _TAG = re.compile(r"^step-(\d+)$")
@@ -290,6 +291,12 @@ class CheckpointManager:
         names = optimizer_param_names(engine)  # ZeRO-0 bf16/fp16: names of the unnamed fp32 masters, for export
         if names is not None:
             client_state[MASTER_NAMES_KEY] = names
+        from framework.training.schedule import capture_schedule
+
+        # DeepSpeed keeps only the scheduler's position; a resume with another length needs the whole schedule.
+        schedule = capture_schedule(engine)
+        if schedule is not None:
+            client_state[SCHEDULE_KEY] = schedule
         engine.save_checkpoint(str(self.root), tag=staging.name, client_state=client_state, save_latest=False)
         torch.save(capture_rng_state(), staging / f"rng_state_rank{self.rank}.pt")
         # Every rank names the files it sees (its own at least): on a network filesystem rank 0 may see another
@@ -321,7 +328,7 @@ class CheckpointManager:
         rank0_decides(self.rank, seal)
         return folder
 
-    def load(self, engine: Any, folder: Path) -> TrainState:
+    def load(self, engine: Any, folder: Path, config: RunConfig | None = None) -> TrainState:
         """Load ``folder`` into ``engine`` (weights, optimizer, scheduler, loss scale) and return its state.
 
         RNG states are returned to the caller through :meth:`restore_rng`, to be applied right before the first
@@ -341,7 +348,26 @@ class CheckpointManager:
         state = TrainState(**client_state["train_state"])
         logger.info("resumed from %s: step %d, epoch %d, position %d", folder, state.step, state.epoch,
                     state.epoch_position)
+        self._continue(engine, folder, client_state.get(SCHEDULE_KEY), state, config)
         return state
+
+    def _continue(self, engine: Any, folder: Path, schedule: dict[str, Any] | None, state: TrainState,
+                  config: RunConfig | None) -> None:
+        """Say what differs from the checkpoint's run config and keep its schedule's shape (every rank applies it,
+        rank 0 logs it; :mod:`framework.training.schedule`)."""
+        from framework.training.schedule import continue_schedule, run_config_changes
+
+        notes = []
+        saved_config = folder / "run_config.json"
+        if config is not None and saved_config.is_file():
+            try:
+                notes += run_config_changes(json.loads(saved_config.read_text(encoding="utf-8")), config.to_dict())
+            except (OSError, ValueError) as exc:
+                notes.append(f"could not compare with {saved_config} ({exc})")
+        notes += continue_schedule(engine, schedule, state.step)
+        if self.rank == 0:
+            for note in notes:
+                logger.info("resume: %s", note)
 
     def restore_rng(self, folder: Path) -> None:
         """Restore this rank's RNG states saved in ``folder`` (warns when the world size changed).

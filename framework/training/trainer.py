@@ -317,23 +317,53 @@ def _grad_norm(engine: Any) -> float:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
 
-def masked_example_rows(dataset: Any, collator: Any, tokenizer: Any, count: int) -> list[dict[str, Any]]:
-    """The first ``count`` training sentences as masked for epoch 0, readable (for the dashboard's table)."""
+def target_kind(shown: int, original: int, mask_token_id: int) -> str:
+    """What masking did to a target token: ``masked`` ([MASK]), ``replaced`` (a random token) or ``kept``.
+
+    BERT's 80/10/10 rule leaves one target in ten unchanged; without this mark such a row, whose ``masked``
+    equals ``original``, looks as if nothing had been masked.
+    """
+    if shown == mask_token_id:
+        return "masked"
+    return "kept" if shown == original else "replaced"
+
+
+def masked_example_rows(dataset: Any, collator: Any, tokenizer: Any, count: int,
+                        split: str = "valid") -> list[dict[str, Any]]:
+    """The first ``count`` sentences of ``dataset`` as ``collator`` masks them for epoch 0, readable.
+
+    Given the validation set and the evaluator's collator, these are the masked inputs every evaluation scores
+    (docs/training.md). Each row marks every target as masked, replaced or kept (:func:`target_kind`):
+    ``targets`` lists the target tokens, ``target_kinds`` their kinds in the same order, and ``marked`` shows
+    each as ``kind:token`` (``replaced:法→方`` names the random token shown instead).
+    """
     count = min(count, len(dataset))
     if count == 0:
         return []
     examples = [dataset[i] for i in range(count)]
+    mask_id = int(tokenizer.mask_token_id)
     rows = []
     for ex, masked in zip(examples, collator.mask(examples)):
         original = tokenizer.convert_ids_to_tokens([int(t) for t in ex.input_ids])
         shown = tokenizer.convert_ids_to_tokens([int(t) for t in masked.input_ids])
-        targets = [tokenizer.convert_ids_to_tokens(int(lab)) if lab != IGNORE_INDEX else "" for lab in masked.labels]
+        targets, kinds, marked = [], [], []
+        for i, label in enumerate(masked.labels):
+            if label == IGNORE_INDEX:
+                continue
+            kind = target_kind(int(masked.input_ids[i]), int(ex.input_ids[i]), mask_id)
+            token = tokenizer.convert_ids_to_tokens(int(label))
+            targets.append(token)
+            kinds.append(kind)
+            marked.append(f"{kind}:{token}" + (f"→{shown[i]}" if kind == "replaced" else ""))
         entities = ["".join(original[s:e]) for s, e in ex.entity_spans]
         rows.append({
+            "split": split,
             "index": int(ex.index),
             "original": " ".join(original[1:-1]),
             "masked": " ".join(shown[1:-1]),
-            "targets": " ".join(t for t in targets if t),
+            "targets": " ".join(targets),
+            "target_kinds": " ".join(kinds),
+            "marked": " ".join(marked),
             "entities": ", ".join(entities),
         })
     return rows
@@ -378,6 +408,7 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     strategy = build_strategy(cfg.masking.name, cfg.masking.args,
                               MaskingContext(train_set.vocab_info, train_set.entity_table()))
     collator = MaskingCollator(strategy, train_set.vocab_info, seed=cfg.training.seed)
+    train_masker = collator  # _train_batches may wrap it (packing, bucketing); the example table needs .mask()
 
     # Model and engine.
     from framework.training.model import build_model
@@ -394,11 +425,17 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     micro = ds.micro_batch_size
     layout = resolve_layout(cfg.data.packing, cfg.data.length_bucketing, cuda=engine.device.type == "cuda")
     cfg.data.packing = layout == "packed"
+    cfg.training.deepspeed_config = str(ds.source)  # saved as resolved, so --config OUTPUT/run_config.yaml reruns it
+    if is_main:
+        from framework.training.provenance import resolved_record
+
+        cfg.resolved = resolved_record(ds, model, tokenizer, world_size, cfg.model.name_or_path or cfg.model.config,
+                                       data.tokenizer_path)
 
     # Resume.
     checkpoints = CheckpointManager(output_dir / "checkpoints", cfg.checkpoint.keep_last, rank, tokenizer)
     resume_from = checkpoints.resolve_resume(cfg.checkpoint.resume)
-    state = checkpoints.load(engine, resume_from) if resume_from is not None else TrainState()
+    state = checkpoints.load(engine, resume_from, cfg) if resume_from is not None else TrainState()
 
     from framework.training.reporting import MetricsReporter
 
@@ -410,9 +447,6 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     reporter = MetricsReporter(output_dir, cfg.report.report_to, cfg.report.project, cfg.report.run_name,
                                cfg.report.tags, {"run": cfg.to_dict(), "deepspeed": ds.config}, is_main,
                                wandb_entity=cfg.report.wandb_entity, run_id=run_id)
-    if is_main and resume_from is None and cfg.report.masked_examples:
-        reporter.log_masked_examples(masked_example_rows(train_set, collator, tokenizer, cfg.report.masked_examples),
-                                     step=0)
 
     sampler = ResumableDistributedSampler(len(train_set), world_size, rank, seed=cfg.training.seed)
     if batches_per_epoch(sampler, micro) == 0:
@@ -423,6 +457,12 @@ def run_pretraining(cfg: RunConfig) -> RunResult:
     evaluator = None
     if valid_set is not None:
         evaluator = _Evaluator(engine, strategy.for_evaluation(), valid_set, cfg, world_size, rank, micro)
+    if is_main and resume_from is None and cfg.report.masked_examples:
+        # The validation sentences as every evaluation masks them (the training ones without a validation set).
+        shown, masker, split = ((valid_set, evaluator.collator, "valid") if evaluator is not None
+                                else (train_set, train_masker, "train"))
+        reporter.log_masked_examples(masked_example_rows(shown, masker, tokenizer, cfg.report.masked_examples,
+                                                         split), step=0)
 
     # RNG states last: everything above may draw random numbers, the resumed steps must not notice.
     if resume_from is not None:

@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0
                         else f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     from framework.config import ConfigError
+    from framework.training.hub import check_hub_names
+
+    try:  # before torch: an unreachable hub answers in seconds, not after 50 s of retries and a traceback
+        check_hub_names({"--model": args.model})
+    except ConfigError as exc:
+        print(f"launch/finetune.py: error: {exc}", file=sys.stderr)
+        return 2
     from framework.evaluation.finetune import FinetuneConfig, finetune, prepare_finetune, print_result
     from framework.evaluation.tasks import TaskError
 

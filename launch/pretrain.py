@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
         return 2
+    from framework.training.hub import HubError, check_hub_names
+
+    try:  # before torch and any rank's work: an unreachable hub answers in seconds, not after 50 s of retries
+        check_hub_names({"--model": cfg.model.name_or_path, "--tokenizer": cfg.model.tokenizer})
+    except HubError as exc:
+        print(f"launch/pretrain.py: error: {exc}", file=sys.stderr)
+        return 2
     from framework.data.readers import BadInputError
     from framework.masking.base import MaskingConfigError
     from framework.training.checkpoint import CheckpointError

@@ -400,6 +400,15 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--tags": ("report.tags", str, "comma-separated W&B tags"),
     "--wandb-entity": ("report.wandb_entity", str, "W&B entity (team or user)"),
 }
+# Further spellings of a flag: DeepSpeed's own examples write --deepspeed_config, the rest of the table uses dashes.
+_ALIASES: dict[str, tuple[str, ...]] = {"--deepspeed_config": ("--deepspeed-config",)}
+
+
+def _masking_help(text: str) -> str:
+    """``--masking``'s help with the strategies this installation has (built-ins and entry-point plugins)."""
+    from framework.masking.registry import available_strategies  # numpy, no torch: --help stays fast
+
+    return f"{text}; available: {', '.join(available_strategies())}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,16 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="run.yaml with sections data/model/masking/training/checkpoint/report")
     for flag, (dotted, kind, help_text) in _FLAGS.items():
+        names = (flag, *_ALIASES.get(flag, ()))
+        if dotted == "masking.name":
+            help_text = _masking_help(help_text)
         if kind in ("true", "false"):
-            parser.add_argument(flag, dest=dotted, action=f"store_{kind}", default=argparse.SUPPRESS,
+            parser.add_argument(*names, dest=dotted, action=f"store_{kind}", default=argparse.SUPPRESS,
                                 help=f"{help_text} [{dotted}]")
         elif kind == "bool":  # --flag / --no-flag
-            parser.add_argument(flag, dest=dotted, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            parser.add_argument(*names, dest=dotted, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{help_text} [{dotted}]")
         else:
             metavar = "JSON" if kind == "mapping" else flag.lstrip("-").split("-")[-1].upper()
-            parser.add_argument(flag, dest=dotted, type=str if kind == "mapping" else kind, metavar=metavar,
+            parser.add_argument(*names, dest=dotted, type=str if kind == "mapping" else kind, metavar=metavar,
                                 default=argparse.SUPPRESS, help=f"{help_text} [{dotted}]")
+    # Console only, not part of the run (launch/pretrain.py reads it before DeepSpeed starts; framework/console.py).
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show DeepSpeed's start-up lines (accelerator, op build, scheduler warning)")
     # Added by the deepspeed launcher (or by habit from DeepSpeed examples); the rank comes from the environment.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--deepspeed", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -454,6 +469,7 @@ def load_run_config(argv: Sequence[str] | None = None) -> RunConfig:
     args.pop("config", None)
     args.pop("local_rank", None)
     args.pop("deepspeed", None)
+    args.pop("verbose", None)
     for dotted, value in args.items():
         flag = next(f for f, (d, _, _) in _FLAGS.items() if d == dotted)
         section_name, key = dotted.split(".")

@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     # Until setup_logging replaces it: the warnings of reading the task files must show, build chatter must not.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, datefmt="%H:%M:%S",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0
-                        else f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    from framework.console import configure_logging
+
+    configure_logging(logging.WARNING, rank)
     from framework.config import ConfigError
     from framework.training.hub import check_hub_names
 

@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run preprocessing; returns the exit status (2 for bad options or input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from framework.console import configure_logging
+
+    configure_logging(logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr)  # pretrain's format
     config = config_from_args(args)
     try:
         config.validate()

@@ -84,3 +84,10 @@ def test_offline_with_cached_name_passes_and_paths_are_not_hub_names(tmp_path: P
     # Local folders and path-shaped names are the callers' business (their own "no such folder" messages).
     check_hub_names({"--model": str(tmp_path), "--tokenizer": "./no/such/folder"})
     assert not hub.is_hub_name("a/b/c") and hub.is_hub_name("hfl/chinese-roberta-wwm-ext")
+
+
+def test_probe_is_bounded_even_when_the_lookup_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub, "_request", lambda name, timeout_s: time.sleep(30) or "ok")  # a resolver that hangs
+    started = time.monotonic()
+    assert hub.probe("org/name", timeout_s=0.5).startswith("unreachable: no answer")
+    assert time.monotonic() - started < 3

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -79,7 +80,19 @@ def is_cached(name: str) -> bool:
 
 def probe(name: str, timeout_s: float = PROBE_TIMEOUT_S) -> str:
     """One bounded request about ``name``: ``"ok"``, ``"missing"`` (401/404: unknown, private or gated) or
-    ``"unreachable: REASON"``."""
+    ``"unreachable: REASON"``.
+
+    Run in a daemon thread and waited for ``timeout_s`` plus a second: the socket timeout does not cover the
+    name lookup, which a broken resolver can stretch to half a minute.
+    """
+    answer: list[str] = []
+    worker = threading.Thread(target=lambda: answer.append(_request(name, timeout_s)), name="hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s + 1.0)
+    return answer[0] if answer else f"unreachable: no answer in {timeout_s + 1.0:.0f} s"
+
+
+def _request(name: str, timeout_s: float) -> str:
     url = f"{endpoint()}/api/models/{urllib.parse.quote(name, safe='/')}"
     request = urllib.request.Request(url, method="HEAD")
     token = os.environ.get("HF_TOKEN")

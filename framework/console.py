@@ -87,6 +87,12 @@ class _DropLines(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def fileno(self) -> int:  # a subprocess handed sys.stdout writes to the real stream, unfiltered
+        return self.target.fileno()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
     def write(self, text: str) -> int:
         self.pending += text
         *lines, self.pending = self.pending.split("\n")

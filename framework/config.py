@@ -281,6 +281,8 @@ def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
 def read_yaml_config(path: str | Path) -> RunConfig:
     """Read ``run.yaml`` into a :class:`RunConfig` (not yet validated)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; give a run.yaml file (e.g. --config {path / 'run_config.yaml'})")
     if not path.is_file():
         raise ConfigError(f"--config {path}: no such file")
     text = path.read_text(encoding="utf-8")
@@ -411,6 +413,15 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--tags": ("report.tags", str, "comma-separated W&B tags"),
     "--wandb-entity": ("report.wandb_entity", str, "W&B entity (team or user)"),
 }
+# Further spellings of a flag: DeepSpeed's own examples write --deepspeed_config, the rest of the table uses dashes.
+_ALIASES: dict[str, tuple[str, ...]] = {"--deepspeed_config": ("--deepspeed-config",)}
+
+
+def _masking_help(text: str) -> str:
+    """``--masking``'s help with the strategies this installation has (built-ins and entry-point plugins)."""
+    from framework.masking.registry import available_strategies  # numpy, no torch: --help stays fast
+
+    return f"{text}; available: {', '.join(available_strategies())}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,16 +433,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="run.yaml with sections data/model/masking/training/checkpoint/report")
     for flag, (dotted, kind, help_text) in _FLAGS.items():
+        names = (flag, *_ALIASES.get(flag, ()))
+        if dotted == "masking.name":
+            help_text = _masking_help(help_text)
         if kind in ("true", "false"):
-            parser.add_argument(flag, dest=dotted, action=f"store_{kind}", default=argparse.SUPPRESS,
+            parser.add_argument(*names, dest=dotted, action=f"store_{kind}", default=argparse.SUPPRESS,
                                 help=f"{help_text} [{dotted}]")
         elif kind == "bool":  # --flag / --no-flag
-            parser.add_argument(flag, dest=dotted, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            parser.add_argument(*names, dest=dotted, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{help_text} [{dotted}]")
         else:
             metavar = "JSON" if kind == "mapping" else flag.lstrip("-").split("-")[-1].upper()
-            parser.add_argument(flag, dest=dotted, type=str if kind == "mapping" else kind, metavar=metavar,
+            parser.add_argument(*names, dest=dotted, type=str if kind == "mapping" else kind, metavar=metavar,
                                 default=argparse.SUPPRESS, help=f"{help_text} [{dotted}]")
+    # Console only, not part of the run (launch/pretrain.py reads it before DeepSpeed starts; framework/console.py).
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show DeepSpeed's start-up lines (accelerator, op build, scheduler warning)")
     # Added by the deepspeed launcher (or by habit from DeepSpeed examples); the rank comes from the environment.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--deepspeed", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -465,6 +482,7 @@ def load_run_config(argv: Sequence[str] | None = None) -> RunConfig:
     args.pop("config", None)
     args.pop("local_rank", None)
     args.pop("deepspeed", None)
+    args.pop("verbose", None)
     for dotted, value in args.items():
         flag = next(f for f, (d, _, _) in _FLAGS.items() if d == dotted)
         section_name, key = dotted.split(".")
@@ -496,11 +514,15 @@ def _validate(cfg: RunConfig) -> None:
     d, m, t, c, r = cfg.data, cfg.model, cfg.training, cfg.checkpoint, cfg.report
     if d.dir is not None:
         root = Path(d.dir)
+        if root.is_file():
+            raise ConfigError(f"data.dir={d.dir} is a file; --data takes the folder holding it: --data {root.parent}")
         if not root.is_dir():
             raise ConfigError(f"data.dir={d.dir}: no such folder; give --data the output folder of launch/preprocess.py")
         if not (root / d.train_file).is_file():
             raise ConfigError(f"data.dir={d.dir} has no {d.train_file}: run launch/preprocess.py --output {d.dir} first")
     for lex in d.lexicons or []:
+        if Path(lex).is_dir():
+            raise ConfigError(f"data.lexicons: {lex} is a folder; --lexicon takes files: --lexicon {Path(lex) / 'keywords.txt'}")
         if not Path(lex).is_file():
             raise ConfigError(f"data.lexicons: {lex} does not exist; pass a keywords.txt written by launch/preprocess.py")
     if not 8 <= d.seq_len <= 512:
@@ -515,9 +537,17 @@ def _validate(cfg: RunConfig) -> None:
     if m.name_or_path and m.config:
         raise ConfigError("give either --model (continue a pretrained checkpoint) or --model-config (from scratch), not both")
     if m.config and m.config not in MODEL_PRESETS:
+        if Path(m.config).is_dir():
+            raise ConfigError(f"model.config={m.config} is a folder; --model-config takes a file: "
+                              f"--model-config {Path(m.config) / 'config.json'} (or --model {m.config} to continue it)")
         if not Path(m.config).is_file():
             raise ConfigError(f"model.config={m.config!r}: use one of {', '.join(MODEL_PRESETS)} or the path of a BERT config.json")
         _check_bert_config_file(Path(m.config))
+    for flag, dotted, value in (("--model", "model.name_or_path", m.name_or_path),
+                                ("--tokenizer", "model.tokenizer", m.tokenizer)):
+        if value and Path(value).is_file():
+            raise ConfigError(f"{dotted}={value} is a file; {flag} takes the folder holding it: "
+                              f"{flag} {Path(value).parent}")
     if m.name_or_path and _looks_local(m.name_or_path) and not Path(m.name_or_path).is_dir():
         raise ConfigError(f"model.name_or_path={m.name_or_path}: no such folder; give a saved model folder or a hub name")
     if m.tokenizer and _looks_local(m.tokenizer) and not Path(m.tokenizer).is_dir():
@@ -530,6 +560,9 @@ def _validate(cfg: RunConfig) -> None:
     if not cfg.masking.name:
         raise ConfigError("masking.name is empty: give --masking entity_wwm (or another registered strategy)")
 
+    if t.deepspeed_config is not None and Path(t.deepspeed_config).is_dir():
+        raise ConfigError(f"--deepspeed_config {t.deepspeed_config} is a folder; give a JSON file in it, e.g. "
+                          f"--deepspeed_config {DS_CONFIG_DIR / 'cpu.json'}")
     if t.deepspeed_config is not None and not Path(t.deepspeed_config).is_file():
         available = ", ".join(sorted(p.name for p in DS_CONFIG_DIR.glob("*.json")))
         raise ConfigError(f"--deepspeed_config {t.deepspeed_config}: no such file (the repository ships {available} in {DS_CONFIG_DIR})")
@@ -551,6 +584,9 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("checkpoint.output_dir is empty: set --output-dir")
     _positive(c.save_every, "checkpoint.save_every", "--save-every", allow_zero=True)
     _positive(c.keep_last, "checkpoint.keep_last", "--keep-last")
+    if c.resume not in (None, "auto") and Path(c.resume).is_file():
+        raise ConfigError(f"--resume {c.resume} is a file; give the checkpoint folder holding it: --resume "
+                          f"{Path(c.resume).parent} (or --resume auto)")
     if c.resume not in (None, "auto") and not Path(c.resume).is_dir():
         raise ConfigError(f"--resume {c.resume}: no such checkpoint folder; use --resume auto to pick the latest "
                           f"complete checkpoint in {c.output_dir}/checkpoints")

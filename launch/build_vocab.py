@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-frequency", type=int, default=1, help="minimum count of a character or piece")
     parser.add_argument("--no-lowercase", action="store_true", help="keep Latin case (Chinese BERT lowercases)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from framework.console import configure_logging
+
+    configure_logging(logging.INFO, stream=sys.stderr)
     for path in args.input:
         if not Path(path).is_file():
             parser.error(f"--input {path}: no such file (give the train.txt written by launch/preprocess.py)")

@@ -47,8 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse, evaluate, print; bad input exits 2 with one line."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    from framework.console import configure_logging
+
+    configure_logging(logging.WARNING, stream=sys.stderr)
+    from framework.training.hub import HubError, check_hub_names
+
+    try:  # before torch: an unreachable hub answers in seconds, not after 50 s of retries and a traceback
+        check_hub_names({"--model": args.model})
+    except HubError as exc:
+        print(f"launch/evaluate.py: {exc}", file=sys.stderr)
+        return 2
     from framework.evaluation.mlm import EvaluateConfig, EvaluateError, evaluate, result_tables
     from framework.evaluation.output import emit, report_to_wandb
     from framework.masking.base import MaskingConfigError

@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from framework.training.export import ExportError, export_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="tokenizer folder (default: the checkpoint's hf_config/, else the run's tokenizer)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from framework.console import configure_logging
+    from framework.training.export import ExportError, export_checkpoint  # torch: only once the arguments parse
+
+    configure_logging(logging.INFO, stream=sys.stderr)
     try:
         out = export_checkpoint(args.checkpoint_dir, args.out_dir, tokenizer_dir=args.tokenizer)
     except ExportError as err:

@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.beam < 1:
         parser.error(f"--beam {args.beam}: must be at least 1")
 
+    from framework.training.hub import HubError, check_hub_names
+
+    try:  # before torch: an unreachable hub answers in seconds, not after 50 s of retries and a traceback
+        check_hub_names({"--model": args.model})
+    except HubError as exc:
+        print(f"launch/fill_mask.py: error: {exc}", file=sys.stderr)
+        return 2
     from framework.evaluation.fill_mask import FillMaskError, check_model_folder, fill_mask, load_model, result_tables
     from framework.evaluation.output import emit
 

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-to", default="none", help="wandb or none (default none)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show DeepSpeed's start-up lines (accelerator, op build, scheduler warning)")
     # Added by the deepspeed launcher; the rank comes from the environment.
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
@@ -61,10 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     # Until setup_logging replaces it: the warnings of reading the task files must show, build chatter must not.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, datefmt="%H:%M:%S",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0
-                        else f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    from framework.console import configure_logging, quiet_deepspeed
+
+    quiet_deepspeed(args.verbose)  # before DeepSpeed is imported (framework/console.py)
+    configure_logging(logging.WARNING, rank)
     from framework.config import ConfigError
+    from framework.training.hub import check_hub_names
+
+    try:  # before torch: an unreachable hub answers in seconds, not after 50 s of retries and a traceback
+        check_hub_names({"--model": args.model})
+    except ConfigError as exc:
+        print(f"launch/finetune.py: error: {exc}", file=sys.stderr)
+        return 2
     from framework.evaluation.finetune import FinetuneConfig, finetune, prepare_finetune, print_result
     from framework.evaluation.tasks import TaskError
 

@@ -81,15 +81,41 @@ def build_segmented(result: PreprocessResult, tokenizer: str, workers: int, prog
         logger.info("segmented %s: %d examples", corpus.name, len(dataset))
 
 
+def check_tokenizer_arg(name: str) -> None:
+    """Refuse a ``--tokenizer`` that cannot load before the corpus is written (docs/data.md: a run that fails
+    writes nothing): a missing folder, a file given for its folder, a folder without a vocabulary, or a hub
+    name that is neither cached nor reachable.
+
+    Raises:
+        ValueError: naming the problem and the fix.
+    """
+    from framework.training.hub import check_hub_names, is_hub_name
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise ValueError(f"--tokenizer {name} is a file; give the folder holding it (--tokenizer {path.parent})")
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json")):
+            raise ValueError(f"--tokenizer {name}: no vocab.txt or tokenizer.json in this folder; give a tokenizer "
+                             "folder (launch/build_vocab.py writes one) or a hub name")
+        return
+    if not is_hub_name(name):
+        raise ValueError(f"--tokenizer {name}: no such folder; give a tokenizer folder (vocab.txt) or a hub name")
+    check_hub_names({"--tokenizer": name})  # HubError is a ValueError
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run preprocessing; returns the exit status (2 for bad options or input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from framework.console import configure_logging
+
+    configure_logging(logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr)  # pretrain's format
     config = config_from_args(args)
     try:
         config.validate()
+        if args.tokenizer:
+            check_tokenizer_arg(args.tokenizer)  # before the corpus is written, not after
         result = preprocess(config)
     except BadInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
     deepspeed launch/pretrain.py [--config run.yaml] [--deepspeed_config ds_configs/X.json] [overrides]
     python launch/pretrain.py [...]          # one process, no launcher needed
-    python launch/pretrain.py                # the demo: embedded corpus, tiny model, entity_wwm, ~2 minutes
+    python launch/pretrain.py                # the demo: embedded corpus, tiny model, entity_wwm, 2-8 minutes on 2 cores
 
 Examples::
 
@@ -27,10 +27,27 @@ from framework.config import ConfigError, load_run_config  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     """Validate the configuration, then train; a configuration error exits with status 2 and one message."""
+    import logging
+    import os
+
+    from framework.console import configure_logging, quiet_deepspeed
+
+    # Before DeepSpeed is imported: its start-up lines stay out of the console unless --verbose asks for them,
+    # and what the start waits for (the CPU op build, the rendezvous) is logged in the run's format.
+    quiet_deepspeed(verbose="--verbose" in (sys.argv[1:] if argv is None else argv))
+    rank = int(os.environ.get("RANK", "0") or 0)
+    configure_logging(logging.INFO if rank == 0 else logging.WARNING, rank)
     try:
         cfg = load_run_config(argv)
     except ConfigError as exc:
         print(f"launch/pretrain.py: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from framework.training.hub import HubError, check_hub_names
+
+    try:  # before torch and any rank's work: an unreachable hub answers in seconds, not after 50 s of retries
+        check_hub_names({"--model": cfg.model.name_or_path, "--tokenizer": cfg.model.tokenizer})
+    except HubError as exc:
+        print(f"launch/pretrain.py: error: {exc}", file=sys.stderr)
         return 2
     from framework.data.readers import BadInputError
     from framework.masking.base import MaskingConfigError
@@ -56,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch/pretrain.py: error: {exc}", file=sys.stderr)
         return 2
     if result.exported_model is not None or result.loss_plot is not None:
-        print(f"done: {result.steps} steps; checkpoint {result.checkpoint}; model {result.exported_model}; "
-              f"metrics {result.output_dir / 'metrics.jsonl'}; plot {result.loss_plot}", flush=True)
+        # Only what the run wrote: --no-export leaves no model, a run without matplotlib no plot.
+        parts = [f"done: {result.steps} steps", f"checkpoint {result.checkpoint}"]
+        parts += [f"model {result.exported_model}"] if result.exported_model is not None else []
+        parts += [f"metrics {result.output_dir / 'metrics.jsonl'}"]
+        parts += [f"plot {result.loss_plot}"] if result.loss_plot is not None else []
+        print("; ".join(parts), flush=True)
     return 0
 
 

@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drop-checkpoints", action="store_true",
                    help="delete a run's checkpoints once all its stages are done (its exported model is kept)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    from framework.console import configure_logging
+
+    configure_logging(logging.INFO, stream=sys.stderr)
     from framework.evaluation.study import STAGES, StudyError, StudyConfig, run_study, write_report
 
     try:

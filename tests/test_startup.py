@@ -93,3 +93,20 @@ def test_a_start_with_a_stale_lock_does_not_hang(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "world (0, 1)" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "stale build lock" in proc.stderr and not lock.exists()
     assert (tmp_path / CPU_COMM_OP / f"{CPU_COMM_OP}.so").is_file()
+
+
+def test_our_own_compile_is_not_reported_as_another_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The watchdog asks while this very start compiles: its compiler is our child, not another start."""
+    from framework.training.startup import rendezvous_wait_description
+
+    busy = stale_lock(tmp_path / "ours" / CPU_COMM_OP, 30)
+    compiler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], cwd=busy.parent)
+    try:
+        time.sleep(0.2)
+        with caplog.at_level(logging.INFO):
+            assert check_build_lock(busy.parent) == "held" and busy.exists()
+        assert "still compiling" in caplog.text and "another process" not in caplog.text
+        assert rendezvous_wait_description(busy.parent).startswith("this process's compile")
+    finally:
+        compiler.kill()
+        compiler.wait()

@@ -44,6 +44,7 @@ from framework.data.readers import (
     Chunk,
     FieldSpec,
     Paper,
+    check_fields,
     detect_format,
     iter_chunks,
     parse_chunk,
@@ -159,8 +160,19 @@ class PreprocessConfig:
         if self.on_bad_row not in ("skip", "error"):
             raise ValueError(f"--on-bad-row {self.on_bad_row!r}: use 'skip' or 'error'")
         for lexicon in self.extra_lexicons:
+            if Path(lexicon).is_dir():
+                raise ValueError(f"--extra-lexicon {lexicon} is a folder: give the dictionary files in it "
+                                 f"(e.g. --extra-lexicon {lexicon}/*.txt)")
             if not Path(lexicon).is_file():
                 raise ValueError(f"--extra-lexicon {lexicon}: no such file")
+        if self.inputs and (self.text_fields is not None or self.keywords_field):
+            # A mistyped field is ignored (csl) or makes every row a skipped bad row: refuse it before any work.
+            # The fields name those of the named-field inputs; the csl layouts are checked only when there are no
+            # others (in a mix, csl files ignore --text-fields by design).
+            formats = [(path, self.format or detect_format(path, self.text_fields)) for path in self.resolved_inputs()]
+            named = [(path, fmt) for path, fmt in formats if fmt not in ("csl", "csl-task")]
+            for path, fmt in named or formats[:1]:
+                check_fields(path, fmt, self.text_fields, self.keywords_field)
         if self.chunk_bytes < 1:
             raise ValueError(f"chunk_bytes={self.chunk_bytes}: must be positive")
         out = Path(self.output)

@@ -37,6 +37,7 @@ it stops the run (:class:`BadInputError`) or is skipped and counted (:class:`Bad
 from __future__ import annotations
 
 import csv
+import difflib
 import gzip
 import io
 import json
@@ -383,14 +384,76 @@ def _line_chunks(path: Path, source: str, fmt: str, fields: FieldSpec, chunk_byt
         yield _empty_file_chunk(source, fmt, fields, 0)
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _missing_fields_message(missing: list[str], present: Iterable[str]) -> str:
+    present = list(present)
+    return "[" + ", ".join(f"{name!r}{did_you_mean(name, present)}" for name in missing) + "]"
+
+
 def _check_header(source: str, header: tuple[str, ...], fields: FieldSpec) -> None:
     wanted = list(fields.text_fields) + ([fields.keywords_field] if fields.keywords_field else [])
     missing = [name for name in wanted if name not in header]
     if missing:
         raise BadInputError(
-            f"{source}:1: the header {list(header)} lacks the field(s) {missing}; name existing columns with "
-            "--text-fields/--keywords-field (tsv/csv files need a header row)"
+            f"{source}:1: the header {list(header)} lacks the field(s) {_missing_fields_message(missing, header)}; "
+            "name existing columns with --text-fields/--keywords-field (tsv/csv files need a header row)"
         )
+
+
+CSL_FIELDS = ("title", "abstract", "keywords", "discipline", "category")
+"""The fixed fields of a ``csl`` release row, in order."""
+
+
+def check_fields(path: str | Path, fmt: str, text_fields: Iterable[str] | None, keywords_field: str | None) -> None:
+    """Before anything is read or written: the field names the user gave exist in ``path``'s header (tsv, csv),
+    first record (jsonl) or fixed layout (csl). A mistyped name would otherwise be ignored (csl) or turn every
+    row into a skipped bad row; the error names the fields there are and the closest one.
+
+    Only names the user gave are checked (``None`` and ``""`` are not); a JSON array is not opened here.
+
+    Raises:
+        BadInputError: naming the file, the unknown field and the fields there are.
+    """
+    given = [f.strip() for f in text_fields or () if f.strip()] + ([keywords_field] if keywords_field else [])
+    if not given:
+        return
+    path = Path(path)
+    if fmt in ("csl", "csl-task"):
+        layout = CSL_FIELDS if fmt == "csl" else ("title", "abstract", "keywords")
+        unknown = [name for name in given if name not in layout]
+        if unknown:
+            raise BadInputError(
+                f"{path}: a {fmt} file (no header; fields {', '.join(layout)}) has no field "
+                f"{_missing_fields_message(unknown, layout)}; fix the name, or drop --text-fields/--keywords-field "
+                "(this layout's text fields are fixed)")
+        return
+    if fmt in ("tsv", "csv"):
+        first = _first_line(path)
+        if not first:
+            return  # an empty file: counted as such when read
+        if fmt == "tsv":
+            header = tuple(first.lstrip("\ufeff").rstrip("\r\n").split("\t"))
+        else:
+            header = tuple(c.lstrip("\ufeff") for c in next(csv.reader([first]), []))
+        _check_header(str(path), header, FieldSpec.resolve(text_fields, keywords_field))
+        return
+    if fmt == "jsonl":
+        first = _first_line(path)
+        try:
+            record = json.loads(first) if first else None
+        except json.JSONDecodeError:
+            return  # that row's own problem, reported with its line when read
+        if isinstance(record, dict):
+            missing = [name for name in given if name not in record]
+            if missing:
+                raise BadInputError(
+                    f"{path}:1: the first record has no field {_missing_fields_message(missing, record)} (its fields: "
+                    f"{', '.join(record)}); name existing fields with --text-fields/--keywords-field")
 
 
 def _csv_chunks(path: Path, source: str, fields: FieldSpec, chunk_bytes: int) -> Iterator[Chunk]:

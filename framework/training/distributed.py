@@ -61,7 +61,9 @@ def init_distributed() -> tuple[int, int]:
                 check_build_lock(build_dir)  # a lock left by a builder killed while we waited goes now
             return rendezvous_wait_description(build_dir)
 
-        with StartupWatchdog(waiting_for):
+        from framework.console import drop_printed_noise
+
+        with StartupWatchdog(waiting_for), drop_printed_noise():  # "..._comm_op built successfully", every start
             deepspeed.init_distributed(verbose=False)
     return dist.get_rank(), dist.get_world_size()
 

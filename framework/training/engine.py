@@ -19,7 +19,6 @@ turn a model into a DeepSpeed engine the same way, so a fine-tuning run gets exa
 from __future__ import annotations
 
 import logging
-import sys
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -35,9 +34,9 @@ logger = logging.getLogger("framework.training")
 def setup_logging(rank: int) -> None:
     """Rank 0 logs at INFO; other ranks only warnings, with their rank in front. DeepSpeed's chatter is muted, and
     configured secrets are scrubbed from every record (:func:`framework.secrets.install_log_redaction`)."""
-    level = logging.INFO if rank == 0 else logging.WARNING
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+    from framework.console import configure_logging
+
+    configure_logging(logging.INFO if rank == 0 else logging.WARNING, rank)
     # Every log line of the run passes the secret filter: a key that reaches a message (a path, a run name,
     # an exception from a library) is scrubbed like the saved configs are.
     from framework.secrets import install_log_redaction

@@ -62,6 +62,21 @@ def _processes_working_in(folder: Path) -> list[int]:
     return found
 
 
+def _descends_from_us(pid: int, depth: int = 8) -> bool:
+    """Whether ``pid`` is a child (or grandchild...) of this process: our own compiler, not another start's."""
+    me = os.getpid()
+    for _ in range(depth):
+        try:  # "pid (comm) state ppid ...": the command name may hold spaces and parentheses
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
 def _newest_write(folder: Path) -> float:
     times = [p.stat().st_mtime for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
     return max(times, default=0.0)
@@ -89,6 +104,11 @@ def check_build_lock(build_dir: Path, stale_after_s: float = STALE_AFTER_S, now:
         logger.warning("removed a stale build lock %s (%.0f s old, no compiler at work: a process was killed while "
                        "compiling DeepSpeed's CPU communication op); compiling it again", lock, age)
         return "cleared"
+    if any(_descends_from_us(pid) for pid in builders):
+        # This very start is compiling (the watchdog asks while it waits): no other process to wait for.
+        logger.info("still compiling DeepSpeed's CPU communication op in %s (%.0f s so far; once per "
+                    "TORCH_EXTENSIONS_DIR)", build_dir, age)
+        return "held"
     logger.info("waiting for another process compiling in %s (lock %.0f s old%s); if none is running, delete %s",
                 build_dir, age, f", compiler PIDs {builders}" if builders else "", lock)
     return "held"
@@ -154,6 +174,8 @@ class StartupWatchdog:
 def rendezvous_wait_description(build_dir: Path | None) -> str:
     """What ``init_distributed`` is waiting for, as far as can be seen from outside."""
     if build_dir is not None and (build_dir / "lock").is_file():
+        if any(_descends_from_us(pid) for pid in _processes_working_in(build_dir)):
+            return f"this process's compile of DeepSpeed's CPU communication op in {build_dir} (about a minute)"
         return f"the build lock {build_dir / 'lock'} (another process compiling DeepSpeed's CPU op, or a stale lock)"
     world = os.environ.get("WORLD_SIZE", "1")
     address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"

@@ -33,6 +33,7 @@ import torch
 
 from framework.batching.groups import batch_counts, resolve_layout
 from framework.config import ConfigError, RunConfig
+from framework.console import logs_above_progress_bars
 from framework.data.example import IGNORE_INDEX
 from framework.training.checkpoint import CheckpointManager, TrainState
 from framework.training.distributed import (all_reduce_max, all_reduce_sum, barrier, check_shared_folder,
@@ -608,6 +609,7 @@ class _Loop:
                        "skipped_before": int(getattr(self.engine, "skipped_steps", 0))}
         self.window_start = time.perf_counter()
 
+    @logs_above_progress_bars
     def run(self) -> RunResult:
         """Train until ``total_steps``; returns what happened."""
         from tqdm import tqdm

@@ -174,19 +174,6 @@ def _lamb_step(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- training window
 
 
-class _Stub:
-    """Sampler, collator, reporter and checkpoint stand-ins for the trainer's ``_Loop``."""
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """The batches are fixed."""
-
-    def log(self, step: int, split: str, record: dict) -> None:
-        """Records are dropped."""
-
-    def save(self, engine: Any, state: Any, cfg: Any) -> None:
-        """No checkpoint."""
-
-
 def _old_window(engine: Any, batches: list[dict[str, Any]]) -> None:
     """The loop body before issue 9 item 3 (one ``loss.item()`` per micro-batch), then its log record."""
     from framework.training.distributed import all_reduce_sum
@@ -214,18 +201,9 @@ def _old_window(engine: Any, batches: list[dict[str, Any]]) -> None:
 
 def _new_window(engine: Any, batches: list[dict[str, Any]], steps: int) -> None:
     """The trainer's real ``_Loop`` for ``steps`` optimiser steps over ``batches``, one log record at the end."""
-    from framework.config import RunConfig
-    from framework.training.checkpoint import TrainState
-    from framework.training.trainer import _Loop
+    from framework.benchmarks.train import run_training_loop
 
-    cfg = RunConfig()
-    cfg.training.log_every, cfg.training.eval_every, cfg.checkpoint.save_every = 10**9, 0, 0
-    start = int(engine.global_steps)
-    stub = _Stub()
-    loop = _Loop(cfg, engine, start + steps, TrainState(step=start), stub, stub, batches, None, stub, stub,
-                 is_main=False)
-    loop.run()
-    _synchronize()
+    run_training_loop(engine, batches, steps)
 
 
 def _training_window(args: argparse.Namespace) -> dict[str, Any]:

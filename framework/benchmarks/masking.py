@@ -54,8 +54,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The masking benchmark's options."""
+def add_data_arguments(parser: argparse.ArgumentParser, tokenizer_help: str = "fast BERT tokenizer folder") -> None:
+    """The options :func:`load_examples` reads (where the sentences, lexicon and tokenizer come from)."""
     parser.add_argument("--data", type=Path, default=None,
                         help="shared data folder holding csl-dev.jsonl (default: $ACADEMIC_BERT_SHARED_DATA or "
                              "../shared/data)")
@@ -64,9 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lexicon", type=Path, nargs="*", default=None,
                         help="keyword files (jieba user dictionaries); default: csl-dev.jsonl's keywords")
     parser.add_argument("--tokenizer", default=None,
-                        help="fast BERT tokenizer folder; default: a WordPiece vocabulary trained on the sentences")
+                        help=f"{tokenizer_help}; default: a WordPiece vocabulary trained on the sentences")
     parser.add_argument("--vocab-size", type=int, default=21128,
                         help="size bound of the trained vocabulary (default 21128, chinese-roberta-wwm-ext's)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The masking benchmark's options."""
+    add_data_arguments(parser)
     parser.add_argument("--examples", type=positive_int, default=4096, help="sentences to mask per pass (default 4096)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per collate call (default 32)")
     parser.add_argument("--repeats", type=positive_int, default=5,

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from framework.benchmarks.masking import default_data_dir, positive_int
+from framework.benchmarks.masking import add_data_arguments, positive_int
 from framework.benchmarks.timing import alternating_medians, machine, machine_line
 
 DESCRIPTION = "training throughput: padded vs packed batches, dense vs labelled-only head, MFU on real tokens"
@@ -86,18 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated layout-head pairs (default all: {','.join(CANDIDATES)}); the "
                              f"headline ratio needs {REFERENCE} and {BEST}")
     parser.add_argument("--masking", default="entity_wwm", help="masking strategy (default entity_wwm)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="shared data folder holding csl-dev.jsonl (default: $ACADEMIC_BERT_SHARED_DATA or "
-                             "../shared/data)")
-    parser.add_argument("--corpus", type=Path, default=None,
-                        help="one-sentence-a-line file to use instead of csl-dev.jsonl's sentences")
-    parser.add_argument("--lexicon", type=Path, nargs="*", default=None,
-                        help="keyword files (jieba user dictionaries); default: csl-dev.jsonl's keywords")
-    parser.add_argument("--tokenizer", default=None,
-                        help="fast BERT tokenizer folder (e.g. a downloaded chinese-roberta-wwm-ext); default: a "
-                             "WordPiece vocabulary trained on the sentences")
-    parser.add_argument("--vocab-size", type=int, default=21128,
-                        help="size bound of the trained vocabulary (default 21128, chinese-roberta-wwm-ext's)")
+    add_data_arguments(parser, "fast BERT tokenizer folder (e.g. a downloaded chinese-roberta-wwm-ext)")
     parser.add_argument("--examples", type=positive_int, default=4096,
                         help="sentences to read (they are reused cyclically; default 4096)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -232,7 +221,7 @@ class TimedBatches:
                 yield batch
 
 
-def _loop_run(engine: Any, batches: TimedBatches, steps: int) -> None:
+def run_training_loop(engine: Any, batches: Any, steps: int) -> None:
     """The trainer's loop for ``steps`` optimiser steps over ``batches`` (no evaluation, no checkpoint)."""
     import torch
 
@@ -332,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 started = time.perf_counter()
-                _loop_run(engines[head], batches, args.steps)
+                run_training_loop(engines[head], batches, args.steps)
                 st["run_seconds"].append(time.perf_counter() - started)
                 st["data_seconds"].append(batches.seconds)
                 for key in ("real_tokens", "positions", "sentences", "labelled"):

@@ -32,24 +32,8 @@ def read_loss_curves(metrics_jsonl: Path) -> dict[str, list[tuple[int, float]]]:
 
     Records without a finite ``loss`` (for example a throughput-only record) are ignored.
     """
-    metrics_jsonl = Path(metrics_jsonl)
-    if not metrics_jsonl.is_file():
-        raise FileNotFoundError(f"no metrics file at {metrics_jsonl}; the run writes it as OUTPUT/metrics.jsonl")
-    curves: dict[str, dict[int, float]] = {}
-    with open(metrics_jsonl, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s:%d is not valid JSON (interrupted write?); skipping it", metrics_jsonl, line_no)
-                continue
-            loss, step, split = record.get("loss"), record.get("step"), record.get("split")
-            if not isinstance(loss, (int, float)) or not math.isfinite(loss) or step is None or split is None:
-                continue
-            curves.setdefault(str(split), {})[int(step)] = float(loss)
-    return {split: sorted(points.items()) for split, points in curves.items()}
+    # One reader for every metric (read_metric_curves); the loss curves are its "loss" entries.
+    return {split: points for (split, key), points in read_metric_curves(metrics_jsonl).items() if key == "loss"}
 
 
 Curves = dict[tuple[str, str], list[tuple[int, float]]]
@@ -73,8 +57,8 @@ _ENTITY_COLOUR = "C2"  # one run: entity accuracy beside masked accuracy (C1) in
 def read_metric_curves(metrics_jsonl: Path) -> Curves:
     """``{(split, key): [(step, value), ...]}`` for every finite number of every record, latest record per step.
 
-    The same rules as :func:`read_loss_curves` (resumed steps keep their latest record, a broken line is
-    skipped with a warning), for every metric rather than the loss alone.
+    A resumed step keeps its latest record; a broken line (an interrupted write) is skipped with a warning;
+    booleans and non-finite values are not curves.
     """
     metrics_jsonl = Path(metrics_jsonl)
     if not metrics_jsonl.is_file():

@@ -336,7 +336,7 @@ import os, sys
 from pathlib import Path
 import torch.distributed as dist
 from framework.config import ConfigError
-from framework.training.distributed import check_shared_folder, rank0_decides
+from framework.training.distributed import check_shared_folder, rank0_decides, shutdown_distributed
 
 rank, root = int(os.environ["RANK"]), Path(sys.argv[1])
 dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -359,6 +359,9 @@ try:
 except ConfigError as exc:
     print(f"rank {rank} refused: {exc}", flush=True)
 assert sorted(p.name for p in root.iterdir()) == ["node0", "node1"], "the probes are removed"
+# Leave together: a rank that exits while its peer still holds the gloo connection can abort the peer
+# ("terminate called without an active exception", status -6), as CI once saw.
+shutdown_distributed()
 """
 
 

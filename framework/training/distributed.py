@@ -74,6 +74,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group together, once a run has ended on every rank.
+
+    A rank that simply exits while a peer still holds its gloo (or NCCL) connection can abort that peer at
+    interpreter exit ("terminate called without an active exception", status -6), turning a finished run into a
+    failed one; torch asks for ``destroy_process_group`` before exit for the same reason. Call it on success only:
+    after an error on one rank the barrier would wait for ranks that are gone.
+    """
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
+
+
 def world_size() -> int:
     """Ranks in the process group (1 before it exists)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

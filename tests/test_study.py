@@ -164,7 +164,7 @@ def test_shipped_study_presets_are_valid(name: str, shared_data_dir: Path) -> No
     cfg = StudyConfig.from_yaml(ROOT / "studies" / f"{name}.yaml")
     cfg.shared_data = str(shared_data_dir)
     cfg.validate()
-    assert [s for _, s, _ in cfg.runs()][::3] == ["token", "wwm", "entity_wwm"] and len(cfg.runs()) == 9
+    assert cfg.strategies == ["token", "wwm", "entity_wwm", "entity_wwm@mined"] and len(cfg.runs()) == 12
     # The CPU preset leaves csl-discipline to the GPU one (too close to its floor at 5.4M parameters).
     assert {s.task for s in cfg.finetune} == {"csl-keywords", "csl-category"} | ({"csl-discipline"} if name == "gpu"
                                                                                else set())

@@ -107,7 +107,7 @@ def csl_sentences_and_keywords(jsonl: Path) -> tuple[list[str], Counter]:
 
 def load_examples(args: argparse.Namespace, folder: Path) -> tuple[list, Any, str, dict[str, Any]]:
     """Segment the sentences once (untimed) and return the examples, the dataset, the tokenizer and a summary."""
-    from framework.data.corpus import available_cores
+    from framework.data.parallel import available_cores
     from framework.data.segmented import build_segmented_dataset
     from framework.data.vocab import build_vocab
 

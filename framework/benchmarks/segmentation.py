@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Prepare the corpus, time each worker count, return the figures."""
-    from framework.data.corpus import PreprocessConfig, available_cores, preprocess
+    from framework.data.corpus import PreprocessConfig, preprocess
+    from framework.data.parallel import available_cores
     from framework.data.segmented import build_segmented_dataset
     from framework.data.vocab import build_vocab_from_files
 

@@ -24,11 +24,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing as mp
-import os
 import time
 from array import array
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Generator, Iterator, NamedTuple, Sequence
@@ -36,6 +34,7 @@ from typing import IO, Any, Generator, Iterator, NamedTuple, Sequence
 from framework.data.atomic import AtomicTextFile, atomic_text_file
 from framework.data.cleaning import clean_text, has_cjk
 from framework.data.lexicon import load_lexicon, normalize_keyword, write_lexicon
+from framework.data.parallel import available_cores, ordered_map
 from framework.data.readers import (
     FORMATS,
     BadInputError,
@@ -66,14 +65,6 @@ __all__ = [
 
 DROP_REASONS = ("empty", "no_cjk", "too_short", "too_long", "duplicate")
 OUTPUT_FILES = ("train.txt", "valid.txt", "keywords.txt", "stats.json")
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers and schedulers narrow), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def demo_corpus_path() -> Path:
@@ -286,24 +277,9 @@ class _Settled:
 
 
 def _ordered_results(chunks: Iterator[Chunk], settings: _Settings, workers: int) -> Generator[_ChunkResult, None, None]:
-    """Process chunks in ``workers`` processes, yielding results in input order with bounded look-ahead.
-
-    ``Pool.imap`` would read the whole input into its task queue ahead of the workers; here at most
-    ``2 * workers`` chunks are in flight, so memory does not grow with the corpus.
-    """
-    work = _Settled(settings)
-    if workers == 1:
-        for chunk in chunks:
-            yield work(chunk)
-        return
-    with mp.get_context().Pool(workers) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(work, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    """Process chunks in ``workers`` processes, yielding results in input order with bounded look-ahead
+    (:func:`~framework.data.parallel.ordered_map`), so memory does not grow with the corpus."""
+    yield from ordered_map(_Settled(settings), chunks, workers)
 
 
 # --------------------------------------------------------------------------------------------- parent side

@@ -39,7 +39,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from framework.data.atomic import current_umask
-from framework.data.corpus import available_cores
+from framework.data.parallel import available_cores
 from framework.data.example import EntityTable, SegmentedExample, VocabInfo
 from framework.data.segmenter import SegmentedChunk, Segmenter, entity_token_table, iter_chunks
 

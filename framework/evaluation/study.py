@@ -47,6 +47,18 @@ LAUNCH = REPO_ROOT / "launch"
 STAGES = ("pretrain", "evaluate", "finetune")
 
 
+MINED_SUFFIX = "@mined"
+"""A strategy named ``entity_wwm@mined`` runs ``entity_wwm`` with terms mined from the pretraining text
+(:mod:`framework.data.term_mining`, keywords hidden) as its lexicon, as many as the keyword lexicon holds."""
+
+
+def strategy_lexicon(strategy: str) -> tuple[str, bool]:
+    """``(masking strategy, whether it uses the mined lexicon)`` of a study strategy name."""
+    if strategy.endswith(MINED_SUFFIX):
+        return strategy[: -len(MINED_SUFFIX)], True
+    return strategy, False
+
+
 class StudyError(ValueError):
     """A study config that cannot work, or a stage that failed; the message names the file or stage."""
 
@@ -137,7 +149,11 @@ class StudyConfig:
         from framework.masking.registry import available_strategies
 
         names = set(available_strategies())
-        bad = [s for s in self.strategies if s not in names and ":" not in s]
+        for s in self.strategies:
+            if "@" in s and not s.endswith(MINED_SUFFIX):
+                raise StudyError(f"strategy {s!r}: the one lexicon variant is NAME{MINED_SUFFIX} (entity_wwm{MINED_SUFFIX}: "
+                                 "the lexicon mined from the pretraining text instead of its keywords)")
+        bad = [s for s in self.strategies if strategy_lexicon(s)[0] not in names and ":" not in s]
         if bad:
             raise StudyError(f"unknown strategies {bad}; registered: {', '.join(sorted(names))}")
 
@@ -275,6 +291,37 @@ def check_results_data(cfg: StudyConfig, data: Path) -> None:
     _save(record, {"fingerprint": fingerprint, "files": list(FINGERPRINTED), "stats": stats})
 
 
+def ensure_mined_lexicon(cfg: StudyConfig, data: Path) -> Path:
+    """The lexicon of the ``@mined`` strategies: terms mined from ``pretrain/train.txt`` (its keywords never
+    seen), cut at the size of the keyword lexicon it stands in for, so the two differ in which terms they hold
+    and not in how many. Mined once (deterministic), kept as ``data/mined/terms.txt``; what it holds and how much
+    of it is keywords goes to ``results_dir/mined_terms.json``.
+    """
+    import hashlib
+
+    from framework.data.lexicon import load_lexicon
+    from framework.data.term_mining import TermMiningConfig, mine_terms_from_files, write_terms
+
+    path = data / "mined" / "terms.txt"
+    record = Path(cfg.results_dir) / "mined_terms.json"
+    if not path.is_file():
+        keywords = load_lexicon(data / "pretrain" / "keywords.txt")
+        config = TermMiningConfig(max_terms=len(keywords), workers=1, progress=False)
+        result = mine_terms_from_files([data / "pretrain" / "train.txt"], config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_terms(result.terms, path)
+        in_keywords = sum(t.text in keywords for t in result.terms)
+        summary = {"terms": len(result.terms), "keyword_lexicon": len(keywords), "terms_that_are_keywords": in_keywords,
+                   "precision_vs_keywords": round(in_keywords / max(1, len(result.terms)), 4),
+                   "top_terms": [t.text for t in result.terms[:40]], "mining": result.stats.to_dict()}
+        digest = hashlib.blake2b(path.read_bytes(), digest_size=10).hexdigest()
+        if record.is_file() and json.loads(record.read_text(encoding="utf-8")).get("fingerprint") != digest:
+            raise StudyError(f"{record}: the finished @mined stages used another mined lexicon than {path} now "
+                             "holds (the miner changed); delete the @mined runs' results to redo them")
+        _save(record, {"fingerprint": digest, **summary})
+    return path
+
+
 def _lines(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
@@ -336,8 +383,10 @@ def run_stage_pretrain(cfg: StudyConfig, run: str, strategy: str, seed: int) -> 
     out = Path(cfg.output_dir) / run
     data = cfg.data_dir
     tokenizer = [] if cfg.continues_pretrained else ["--tokenizer", str(data / "tokenizer")]
-    cmd = [sys.executable, str(LAUNCH / "pretrain.py"), "--data", str(data / "pretrain"), *tokenizer,
-           "--masking", strategy, "--seed", str(seed), "--output-dir", str(out), "--resume", "auto",
+    masking, mined = strategy_lexicon(strategy)
+    lexicon = ["--lexicon", str(ensure_mined_lexicon(cfg, data))] if mined else []
+    cmd = [sys.executable, str(LAUNCH / "pretrain.py"), "--data", str(data / "pretrain"), *tokenizer, *lexicon,
+           "--masking", masking, "--seed", str(seed), "--output-dir", str(out), "--resume", "auto",
            *_flags({k: v for k, v in cfg.pretrain_args.items() if k != "vocab-size"}, cfg)]
     started = time.perf_counter()
     _run(cmd, Path(cfg.output_dir) / "logs" / f"{run}-pretrain.log", cfg.timeout_s)

@@ -22,7 +22,7 @@ jieba word n-grams of the same text:
   keyword occurrences on CSL, rule them out, while the statistics above choose which word runs are terms.
 
 A candidate is a string of 2 to ``max_chars`` characters with at least one CJK character, seen ``min_count``
-times, aligned in at least ``min_aligned`` of its occurrences and not starting or ending with a bare number.
+times, aligned in at least ``min_aligned`` of its occurrences and not a quantity (``15例``, ``年6月``).
 Its score is ``log f * min(left, right entropy) * cohesion * specificity`` (each factor must be positive):
 frequency, freedom, cohesion and specificity must all be there. ``docs/data.md`` has the measured precision and recall on CSL.
 
@@ -80,8 +80,9 @@ _WORD_CHARS = f"{CJK_CHAR_CLASS}A-Za-z0-9"
 _RUN_RE = re.compile(f"[{_WORD_CHARS}]+(?:-[{_WORD_CHARS}]+)*")
 _WORD_RE = re.compile(f"[{_WORD_CHARS}-]+")
 _CJK_RE = re.compile(f"[{CJK_CHAR_CLASS}]")
-# A bare number at either end (2010年, 第3): the digits are not attached to Latin letters (3D打印 is fine).
-_EDGE_NUMBER_RE = re.compile(r"^[0-9]+(?![A-Za-z])|(?<![A-Za-z])[0-9]+$")
+# A quantity, not a term: a bare number (digits not attached to Latin letters: CO2 and Caco-2 are fine) at the
+# end (第3) or before a date or counting unit (年6月, 15例). One at the start stays: 2型糖尿病, 3D打印.
+_QUANTITY_RE = re.compile(r"(?<![A-Za-z0-9])[0-9]+(?:\.[0-9]+)?(?:$|[年月日时分秒岁例只株天周次组名篇个种项位家份倍])")
 _START, _END = "\x02", "\x03"  # run boundaries, as neighbours; never in cleaned text (control characters)
 
 
@@ -280,7 +281,7 @@ class _Counter:
 
 def _is_candidate(text: str, max_chars: int) -> bool:
     return (2 <= len(text) <= max_chars and _RUN_RE.fullmatch(text) is not None and _CJK_RE.search(text) is not None
-            and _EDGE_NUMBER_RE.search(text) is None)
+            and _QUANTITY_RE.search(text) is None)
 
 
 def _cohesion(text: str, count: int, chars: Counter, positions: int) -> float | None:

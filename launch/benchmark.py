@@ -6,6 +6,7 @@
     python launch/benchmark.py mlm-head [--preset small] [--batch 8] [--steps 5]
     python launch/benchmark.py hot-path [--preset small] [--window-steps 4] [--threads 1]
     python launch/benchmark.py train [--preset small] [--precision bf16] [--micro-batch 32] [--seq-len 128]
+    python launch/benchmark.py terms [--k 1000 2000 5000 10000] [--speed-workers 1 0]
 
 ``python launch/benchmark.py NAME --help`` lists a benchmark's options. The benchmarks live in
 ``framework/benchmarks/`` (one module each; see that package for adding one); results and how they were

@@ -6,9 +6,10 @@ segmented dataset for training).
     python launch/preprocess.py --input fewclue/csl/*.json --text-fields abst --keywords-field keyword \\
         --output data/fewclue
     python launch/preprocess.py --input csl.tsv --output data/csl --tokenizer hfl/chinese-roberta-wwm-ext
+    python launch/preprocess.py --input theses.jsonl --text-fields abstract --output data/theses --mine-terms
 
 Writes train.txt, valid.txt (one sentence a line), keywords.txt (a jieba user dictionary) and stats.json
-into --output. Formats, cleaning rules and drop reasons: docs/data.md.
+into --output; --mine-terms adds mined_terms.txt (terms mined from the text, merged into keywords.txt). Formats, cleaning rules and drop reasons: docs/data.md.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip (count, log the first few) or stop at a bad input row (default skip)")
     p.add_argument("--extra-lexicon", nargs="+", default=[], metavar="FILE",
                    help="further jieba user dictionaries or word lists merged into keywords.txt")
+    p.add_argument("--mine-terms", action="store_true",
+                   help="also mine domain terms from train.txt (mined_terms.txt) and merge them into keywords.txt: "
+                        "the entity lexicon of inputs without keywords (launch/mine_terms.py for its options)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="also build the segmented dataset of train.txt and valid.txt for this tokenizer")
@@ -65,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         keywords_field=args.keywords_field, workers=args.workers, min_chars=args.min_chars,
         max_chars=args.max_chars, dedup=not args.no_dedup, valid_fraction=args.valid_fraction, seed=args.seed,
         on_bad_row=args.on_bad_row, extra_lexicons=args.extra_lexicon, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, mine_terms=args.mine_terms,
     )
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from framework.training.startup import (CPU_COMM_OP, STALE_AFTER_S, StartupWatchdog, check_build_lock,
-                                        extension_build_dir, prepare_cpu_comm_op, rendezvous_wait_description)
+                                        extension_build_dir, init_rebuilding_op, prepare_cpu_comm_op,
+                                        rendezvous_wait_description)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,3 +111,30 @@ def test_our_own_compile_is_not_reported_as_another_process(tmp_path: Path, capl
     finally:
         compiler.kill()
         compiler.wait()
+
+
+def test_an_op_left_unbuilt_by_a_killed_builder_is_built_by_a_second_init(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """After a stale lock is removed, torch's loader (which waited on it) imports a library nobody built: the
+    ImportError leads to one more init, which builds it; a real ImportError (the library is there) is raised."""
+    build_dir = tmp_path / CPU_COMM_OP
+    build_dir.mkdir()
+    calls: list[int] = []
+
+    def init() -> None:
+        calls.append(1)
+        if len(calls) == 1:  # the waiter, after the stale lock went: imports what nobody built
+            raise ImportError(f"{build_dir}/{CPU_COMM_OP}.so: cannot open shared object file")
+        (build_dir / f"{CPU_COMM_OP}.so").write_bytes(b"")  # the second call takes the lock and compiles
+
+    with caplog.at_level(logging.WARNING):
+        init_rebuilding_op(init, build_dir)
+    assert len(calls) == 2 and "never built" in caplog.text
+
+    def broken() -> None:
+        raise ImportError("undefined symbol")  # the library exists and is bad: no retry hides that
+
+    with pytest.raises(ImportError, match="undefined symbol"):
+        init_rebuilding_op(broken, build_dir)
+    with pytest.raises(ImportError):
+        init_rebuilding_op(broken, None)  # GPU: no CPU op, nothing to rebuild

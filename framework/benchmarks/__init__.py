@@ -13,7 +13,7 @@ The command prints the tables and, with ``--json``, the result as one JSON objec
 only when their benchmark runs (``--help`` stays fast), so they must not import ``torch``, ``transformers`` or
 ``jieba`` at module level: do that inside ``run``.
 
-Adding a benchmark (``terms``, say) is one module ``framework/benchmarks/terms.py`` with those four names and
+Adding a benchmark (``vocab``, say) is one module ``framework/benchmarks/vocab.py`` with those four names and
 one line in :data:`BENCHMARKS`; tests and docs/benchmarks.md list the figures. Time several candidates with
 :func:`framework.benchmarks.timing.alternating_medians` and record :func:`framework.benchmarks.timing.machine`.
 """
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "mlm-head": "framework.benchmarks.mlm_head",
     "hot-path": "framework.benchmarks.hot_path",
     "train": "framework.benchmarks.train",
+    "terms": "framework.benchmarks.terms",
 }
 """Subcommand name -> module implementing it (see the module docstring for what a module provides)."""
 

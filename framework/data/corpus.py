@@ -97,6 +97,9 @@ class PreprocessConfig:
         overwrite: allow writing into a non-empty output folder (our four files are replaced).
         chunk_bytes: raw input bytes per unit of work handed to a worker.
         progress: show a progress bar.
+        mine_terms: also mine terms from ``train.txt`` (:mod:`framework.data.term_mining`, its defaults), write
+            them as ``mined_terms.txt`` (and the ranked ``mined_terms.tsv``) and merge them into
+            ``keywords.txt``: the entity lexicon of a corpus without keywords.
     """
 
     output: str | Path
@@ -115,6 +118,7 @@ class PreprocessConfig:
     overwrite: bool = False
     chunk_bytes: int = 1 << 20
     progress: bool = True
+    mine_terms: bool = False
 
     def resolved_inputs(self) -> list[Path]:
         """The input files, the demo corpus when none are given."""
@@ -437,6 +441,9 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
         _check_nonempty(config, tally, bad_rows)
         extra = load_lexicon(config.extra_lexicons) if config.extra_lexicons else {}
         lexicon = writer.keywords + Counter(extra) if extra else writer.keywords
+        mined = _mine_terms(config, writer, out, workers) if config.mine_terms else None
+        if mined is not None:
+            lexicon = lexicon + Counter({t.text: t.count for t in mined.terms})
         write_lexicon(lexicon, out / "keywords.txt")
         writer.commit()
     except BaseException:
@@ -451,6 +458,10 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
     stats = _stats(
         config, tally, bad_rows, writer.keywords, writer.keywords_dropped, len(extra), len(lexicon), workers, seconds
     )
+    if mined is not None:
+        in_keywords = sum(t.text in writer.keywords for t in mined.terms)
+        stats["mined_terms"] = {"file": "mined_terms.txt", "terms": len(mined.terms),
+                                "also_keywords": in_keywords, **mined.stats.to_dict()}
     _write_json_atomic(stats, out / "stats.json")
     logger.info(
         "kept %d sentences of %d papers (%d train / %d valid papers) in %.1f s; dropped %s; bad rows %s",
@@ -458,6 +469,20 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
         dict(stats["drops"]), dict(stats["bad_rows"]),
     )
     return PreprocessResult(out, out / "train.txt", out / "valid.txt", out / "keywords.txt", out / "stats.json", stats)
+
+
+def _mine_terms(config: PreprocessConfig, writer: "_CorpusWriter", out: Path, workers: int) -> Any:
+    """Mine terms from the (still temporary, complete) train.txt and write ``mined_terms.txt`` and ``.tsv``."""
+    from framework.data.term_mining import TermMiningConfig, mine_terms_from_files, write_term_table, write_terms
+
+    writer.train.file.flush()
+    mining = TermMiningConfig(workers=config.workers, progress=config.progress)
+    result = mine_terms_from_files([writer.train.tmp], mining)
+    write_terms(result.terms, out / "mined_terms.txt")
+    write_term_table(result.terms, out / "mined_terms.tsv")
+    logger.info("mined %d terms from train.txt (%d sentences) in %.1f s -> %s", len(result.terms),
+                result.stats.sentences, result.stats.seconds, out / "mined_terms.txt")
+    return result
 
 
 def _write(f: IO[str], sentences: list[str]) -> None:

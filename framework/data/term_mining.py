@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "TermMiningConfig", "Term", "NgramTable", "MiningStats", "MiningResult", "count_ngrams", "score_terms",
     "mine_terms", "mine_terms_from_files", "iter_sentence_files", "write_terms", "write_term_table",
-    "START_STOP_WORDS", "END_STOP_WORDS", "INNER_STOP_WORDS",
+    "START_STOP_WORDS", "END_STOP_WORDS", "INNER_STOP_WORDS", "add_mining_arguments", "config_from_args",
+    "count_lines",
 ]
 
 # Function words (as jieba segments them) that a term does not start or end with. Deliberately words, not
@@ -103,7 +104,7 @@ class TermMiningConfig:
     """
 
     min_count: int = 3
-    max_terms: int = 20000
+    max_terms: int = 0
     max_chars: int = 10
     max_words: int = 4
     min_aligned: float = 0.5
@@ -200,6 +201,33 @@ class NgramTable:
         self.prunings += 1
         logger.info("term mining: pruned the n-gram table to %d entries (dropped counts below %d)",
                     self.entries(), self.prune_below)
+
+
+def add_mining_arguments(parser: Any) -> None:
+    """The miner's options (``launch/mine_terms.py`` and ``launch/benchmark.py terms`` share them)."""
+    d = TermMiningConfig()
+    parser.add_argument("--min-count", type=int, default=d.min_count,
+                        help=f"fewest occurrences of a term (default {d.min_count})")
+    parser.add_argument("--max-terms", type=int, default=d.max_terms,
+                        help="keep the best K terms (default 0: every candidate with a positive score)")
+    parser.add_argument("--max-chars", type=int, default=d.max_chars,
+                        help=f"longest term in characters (default {d.max_chars})")
+    parser.add_argument("--max-words", type=int, default=d.max_words,
+                        help=f"longest run of jieba words a term may be (default {d.max_words})")
+    parser.add_argument("--min-aligned", type=float, default=d.min_aligned,
+                        help=f"share of occurrences that must be whole jieba words (default {d.min_aligned}; "
+                             "0: character statistics only)")
+    parser.add_argument("--workers", type=int, default=d.workers, help="counting processes (default 0: all cores)")
+    parser.add_argument("--max-ngrams", type=int, default=d.max_ngrams,
+                        help=f"n-gram table entries before the rarest are pruned (default {d.max_ngrams}, "
+                             "about 1 GB)")
+
+
+def config_from_args(args: Any, progress: bool = True) -> TermMiningConfig:
+    """The :class:`TermMiningConfig` of parsed :func:`add_mining_arguments` options."""
+    return TermMiningConfig(min_count=args.min_count, max_terms=args.max_terms, max_chars=args.max_chars,
+                            max_words=args.max_words, min_aligned=args.min_aligned, workers=args.workers,
+                            max_ngrams=args.max_ngrams, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------- counting

@@ -51,8 +51,8 @@ def init_distributed() -> tuple[int, int]:
     if get_accelerator().is_available() and "LOCAL_RANK" in os.environ:
         get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
-        from framework.training.startup import (StartupWatchdog, check_build_lock, prepare_cpu_comm_op,
-                                                rendezvous_wait_description)
+        from framework.training.startup import (StartupWatchdog, check_build_lock, init_rebuilding_op,
+                                                prepare_cpu_comm_op, rendezvous_wait_description)
 
         build_dir = prepare_cpu_comm_op()
 
@@ -64,7 +64,7 @@ def init_distributed() -> tuple[int, int]:
         from framework.console import drop_printed_noise
 
         with StartupWatchdog(waiting_for), drop_printed_noise():  # "..._comm_op built successfully", every start
-            deepspeed.init_distributed(verbose=False)
+            init_rebuilding_op(lambda: deepspeed.init_distributed(verbose=False), build_dir)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -139,6 +139,25 @@ def prepare_cpu_comm_op() -> Path | None:
     return build_dir
 
 
+def init_rebuilding_op(init: Callable[[], None], build_dir: Path | None) -> None:
+    """Run ``init`` (``deepspeed.init_distributed``); if it fails to import a CPU op that was never built, build
+    it by running ``init`` once more.
+
+    torch's extension loader waits while the build lock exists, then imports the library the lock's owner was
+    building. When that owner had been killed and :func:`check_build_lock` removed its stale lock, there is no
+    library and the import fails (seen when a study worker was killed mid-compile and restarted). DeepSpeed
+    builds the op before it creates the process group, so a second call is safe: it takes the lock and compiles.
+    """
+    try:
+        init()
+    except ImportError:
+        if build_dir is None or (build_dir / f"{CPU_COMM_OP}.so").is_file():
+            raise
+        logger.warning("DeepSpeed's CPU communication op was never built in %s (its builder was killed and its "
+                       "stale lock removed); compiling it now", build_dir)
+        init()
+
+
 class StartupWatchdog:
     """Logs every ``every_s`` seconds, until the block ends, what the start is still waiting for.
 

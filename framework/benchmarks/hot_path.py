@@ -208,8 +208,6 @@ def _new_window(engine: Any, batches: list[dict[str, Any]], steps: int) -> None:
 
 def _training_window(args: argparse.Namespace) -> dict[str, Any]:
     """Old vs new loop on two identically initialised engines; medians and conversions per window."""
-    import torch
-
     from framework.config import DS_CONFIG_DIR, TrainingConfig
     from framework.training.distributed import init_distributed
     from framework.training.engine import build_engine

@@ -11,9 +11,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections import deque
-from typing import Any, Callable, Generator, Iterable, TypeVar
+from typing import Any, Callable, Generator, Iterable, Iterator, TypeVar
 
-__all__ = ["available_cores", "ordered_map"]
+__all__ = ["available_cores", "chunked", "ordered_map"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -25,6 +25,18 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Group ``items`` into lists of ``size`` (the last one shorter): the units of parallel work."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, *, ahead: int = 2,

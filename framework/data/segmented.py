@@ -39,9 +39,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from framework.data.atomic import current_umask
-from framework.data.parallel import available_cores
+from framework.data.parallel import available_cores, chunked
 from framework.data.example import EntityTable, SegmentedExample, VocabInfo
-from framework.data.segmenter import SegmentedChunk, Segmenter, entity_token_table, iter_chunks
+from framework.data.segmenter import SegmentedChunk, Segmenter, entity_token_table
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def build_segmented_dataset(
     writer = _Writer(tmp)
     input_bytes = corpus.stat().st_size
     init_args = (str(tokenizer_path), [str(p) for p in lexicons], hmm)
-    chunks = iter_chunks(_read_sentences(corpus), CHUNK_SENTENCES)
+    chunks = chunked(_read_sentences(corpus), CHUNK_SENTENCES)
     from tqdm import tqdm
 
     bar = tqdm(total=_count_lines(corpus), unit=" sentences", unit_scale=True, desc=f"segmenting {corpus.name}",

@@ -23,7 +23,7 @@ import itertools
 import logging
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -244,15 +244,3 @@ def entity_token_table(tokenizer, keywords: Sequence[str]) -> dict[int, np.ndarr
         if ids:
             groups.setdefault(len(ids), []).append(ids)
     return {n: np.asarray(rows, dtype=np.int32) for n, rows in sorted(groups.items())}
-
-
-def iter_chunks(items: Iterable[str], size: int) -> Iterable[list[str]]:
-    """Group an iterable of sentences into lists of ``size`` (the unit of parallel work)."""
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

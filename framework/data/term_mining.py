@@ -48,7 +48,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from framework.data.atomic import atomic_text_file
 from framework.data.cleaning import CJK_CHAR_CLASS, clean_text
 from framework.data.lexicon import write_lexicon
-from framework.data.parallel import available_cores, ordered_map
+from framework.data.parallel import available_cores, chunked, ordered_map
 from framework.data.readers import BadInputError, open_binary
 
 logger = logging.getLogger(__name__)
@@ -403,17 +403,6 @@ class MiningResult:
     stats: MiningStats
 
 
-def _chunks(sentences: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for sentence in sentences:
-        chunk.append(sentence)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def mine_terms(sentences: Iterable[str], config: TermMiningConfig | None = None,
                total: int | None = None) -> MiningResult:
     """Mine terms from ``sentences`` (cleaned text, one sentence each; streamed, never all in memory).
@@ -432,7 +421,7 @@ def mine_terms(sentences: Iterable[str], config: TermMiningConfig | None = None,
 
     bar = tqdm(total=total, desc="mining terms", unit=" sent", unit_scale=True, disable=not config.progress,
                mininterval=1.0)
-    results = ordered_map(_Counter(config.max_chars, config.max_words), _chunks(sentences, config.chunk_sentences),
+    results = ordered_map(_Counter(config.max_chars, config.max_words), chunked(sentences, config.chunk_sentences),
                           workers, initializer=_jieba)
     try:
         for part in results:

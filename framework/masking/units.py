@@ -34,7 +34,6 @@ counter-based randomness (:mod:`framework.masking.batch`) for every strategy tha
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from typing import ClassVar, Sequence
 
 import numpy as np

@@ -16,6 +16,12 @@ alone: what a recipe that takes a segmenter's words as they come could do.
 
 **Speed.** The miner on the whole shared text (CSL-dev's and FewCLUE CSLDCP's abstracts, about 30,000
 sentences) for each ``--speed-workers`` count, side by side in one run.
+
+**Scale** (``--scale-mb N``, off by default). ``csl-dev.tsv`` replicated to N MB with every copy's CJK shifted
+(the preprocessing benchmark's corpus: every copy is new text to the n-gram table, as more papers would be),
+preprocessed, then mined from its ``train.txt`` with the default memory budget in a fresh process, whose peak
+memory is reported with the prunings and the full CSL release's time at that rate. The shifted text is not
+Chinese to jieba, so only time and memory mean anything there.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed-workers", type=int, nargs="*", default=[1, 0],
                         help="worker counts to time on the whole shared text, 0 for all cores (default 1 0; none "
                              "to skip)")
+    parser.add_argument("--scale-mb", type=float, default=0.0,
+                        help="also mine csl-dev.tsv replicated to this many MB (distinct shifted copies) for time "
+                             "and peak memory under the --max-ngrams budget (default 0: skip)")
     add_mining_arguments(parser)
 
 
@@ -102,6 +111,42 @@ def score_lists(ranked: Sequence[str], key: dict[str, Any], ks: Sequence[int]) -
     return rows
 
 
+def _mine_file_measured(corpus: str, config: Any) -> dict[str, Any]:
+    """In a fresh process: mine ``corpus`` and report time, prunings and this process's peak memory."""
+    import resource
+
+    from framework.data.term_mining import mine_terms_from_files
+
+    started = time.perf_counter()
+    result = mine_terms_from_files([corpus], config)
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 1), "sentences": result.stats.sentences, "terms": len(result.terms),
+            "prunings": result.stats.prunings, "pruned_below": result.stats.pruned_below,
+            "table_entries": result.stats.char_ngrams + result.stats.word_ngrams,
+            "parent_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+
+
+def scale_run(data: Path, size_mb: float, config: Any, folder: Path) -> dict[str, Any]:
+    """Mine ``size_mb`` MB of shifted CSL copies (see the module docstring); figures of that run."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from framework.benchmarks.preprocess import FULL_CSL_MB, make_benchmark_corpus
+    from framework.data.corpus import PreprocessConfig, preprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus, papers = make_benchmark_corpus(data / "csl-dev.tsv", size_mb, folder)
+    mb = corpus.stat().st_size / 1e6
+    sentences = preprocess(PreprocessConfig(inputs=[corpus], output=folder / "scaled", progress=False,
+                                            workers=config.workers)).train
+    corpus.unlink()
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:  # a fresh process: its own peak
+        out = pool.submit(_mine_file_measured, str(sentences), config).result()
+    return {"input_mb": round(mb, 1), "papers": papers, **out,
+            "full_csl_minutes": round(FULL_CSL_MB / mb * out["seconds"] / 60, 1)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Mine the papers' sentences, score miner and baseline against the keywords, time the miner."""
     import dataclasses
@@ -144,6 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 speed.append({"workers": result.stats.workers, "sentences": len(text), "seconds": round(seconds, 2),
                               "sentences_per_second": round(len(text) / seconds, 1), "terms": len(result.terms),
                               "prunings": result.stats.prunings})
+        scale = scale_run(args.data, args.scale_mb, config, tmp / "scale") if args.scale_mb > 0 else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     at_5000 = next((q for q in quality if q["k"] == 5000), None)
@@ -160,7 +206,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "frequent_keywords": len(key["frequent"]), "split_keywords": len(key["split"]),
             "min_occurrences": args.min_occurrences, "config": dataclasses.asdict(config),
             "candidates": len(mined.terms), "mine_seconds": round(mine_seconds, 2),
-            "baseline_seconds": round(baseline_seconds, 2), "quality": quality, "speed": speed, "targets": targets,
+            "baseline_seconds": round(baseline_seconds, 2), "quality": quality, "speed": speed, "scale": scale,
+            "targets": targets,
             "top_terms": [t.text for t in mined.terms[:30]]}
 
 
@@ -187,4 +234,12 @@ def tables(result: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
         first = result["speed"][0]["seconds"]
         out.append((f"mining the shared text (CSL-dev + FewCLUE CSLDCP); speed-up of the last row over the first: "
                     f"{first / result['speed'][-1]['seconds']:.2f}x", speed))
+    scale = result.get("scale")
+    if scale:
+        out.append((f"scale: csl-dev.tsv replicated to {scale['input_mb']} MB ({scale['papers']:,} papers, shifted "
+                    f"copies), budget {result['config']['max_ngrams']:,} entries",
+                    [{"sentences": f"{scale['sentences']:,}", "seconds": f"{scale['seconds']:.1f}",
+                      "prunings": scale["prunings"], "pruned below": scale["pruned_below"],
+                      "table entries": f"{scale['table_entries']:,}", "parent peak MB": scale["parent_peak_mb"],
+                      "worker peak MB": scale["worker_peak_mb"], "full CSL": f"{scale['full_csl_minutes']} min"}]))
     return out

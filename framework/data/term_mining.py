@@ -24,14 +24,18 @@ jieba word n-grams of the same text:
 A candidate is a string of 2 to ``max_chars`` characters with at least one CJK character, seen ``min_count``
 times, aligned in at least ``min_aligned`` of its occurrences and not a quantity (``15例``, ``年6月``).
 Its score is ``log f * min(left, right entropy) * cohesion * specificity`` (each factor must be positive):
-frequency, freedom, cohesion and specificity must all be there. ``docs/data.md`` has the measured precision and recall on CSL.
+frequency, freedom, cohesion and specificity must all be there. ``docs/data.md`` has the measured precision
+and recall on CSL.
 
-**Streaming and bounded memory.** Sentences are counted in chunks by worker processes
-(:func:`~framework.data.parallel.ordered_map`), and merged in input order into one table. When the table
-grows past ``max_ngrams`` entries, the rarest entries are dropped (those seen once, then twice...), so
-memory stays flat on a corpus of any size; an n-gram dropped and seen again later is undercounted by at most
-the pruning threshold times the prunings, which :class:`MiningStats` reports. Results do not depend on the
-number of workers.
+**Two streamed passes, bounded memory.** The first pass counts jieba's word n-grams, which give the
+candidates; the second counts only the character n-grams scoring reads (the candidates, the halves of their
+cuts, and the neighbour of each occurrence), exactly, in a table about a tenth of what counting every n-gram
+takes (``--min-aligned 0``, where every character n-gram is a candidate, does count everything). Chunks of
+sentences are counted by worker processes (:func:`~framework.data.parallel.ordered_map`) and merged in input
+order, so results do not depend on the number of workers. When a table grows past ``max_ngrams`` entries the
+rarest entries are dropped (those seen once, then twice...), so memory stays flat on a corpus of any size; an
+n-gram dropped and seen again later is undercounted by at most the pruning threshold times the prunings, which
+:class:`MiningStats` reports.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from framework.data.atomic import atomic_text_file
 from framework.data.cleaning import CJK_CHAR_CLASS, clean_text
@@ -54,7 +58,8 @@ from framework.data.readers import BadInputError, open_binary
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "TermMiningConfig", "Term", "NgramTable", "MiningStats", "MiningResult", "count_ngrams", "score_terms",
+    "TermMiningConfig", "Term", "NgramTable", "MiningStats", "MiningResult", "count_words", "count_chars",
+    "count_ngrams", "score_terms",
     "mine_terms", "mine_terms_from_files", "iter_sentence_files", "write_terms", "write_term_table",
     "START_STOP_WORDS", "END_STOP_WORDS", "INNER_STOP_WORDS", "add_mining_arguments", "config_from_args",
     "count_lines",
@@ -260,21 +265,16 @@ def _word_runs(words: Iterable[str]) -> Iterator[list[str]]:
         yield run
 
 
-def count_ngrams(sentences: Sequence[str], max_chars: int = 10, max_words: int = 4) -> NgramTable:
-    """Count the character and aligned word n-grams of ``sentences`` (cleaned text, one sentence each)."""
+def count_words(sentences: Sequence[str], max_chars: int = 10, max_words: int = 4) -> NgramTable:
+    """Count the aligned jieba word n-grams of ``sentences`` (cleaned text, one sentence each), with the
+    characters (``positions``) of their word-character runs."""
     table = NgramTable()
-    chars, words = table.chars, table.words
-    longest = max_chars + 1
+    words = table.words
     cut = _jieba().cut
     start_stop, end_stop, inner_stop = START_STOP_WORDS, END_STOP_WORDS, INNER_STOP_WORDS
     for sentence in sentences:
         table.sentences += 1
-        for run in _RUN_RE.findall(sentence):
-            table.positions += len(run)
-            padded = _START + run + _END
-            n = len(padded)
-            # One list for Counter.update, which counts in C: the hot loop of the miner.
-            chars.update([padded[i:j] for i in range(n) for j in range(i + 1, min(n, i + longest) + 1)])
+        table.positions += sum(map(len, _RUN_RE.findall(sentence)))
         for run in _word_runs(cut(sentence, HMM=True)):
             grams = []
             for i, first in enumerate(run):
@@ -294,14 +294,79 @@ def count_ngrams(sentences: Sequence[str], max_chars: int = 10, max_words: int =
     return table
 
 
-class _Counter:
-    """The worker's task (picklable): count one chunk of sentences."""
+def count_chars(sentences: Sequence[str], max_chars: int = 10, needed: frozenset[str] | None = None,
+                candidates: frozenset[str] | None = None) -> NgramTable:
+    """Count character n-grams of the word-character runs of ``sentences``, each run padded with
+    :data:`_START` and :data:`_END`.
+
+    With ``needed`` ``None``, every n-gram of 1 to ``max_chars + 1`` characters. Otherwise only what scoring
+    reads: the n-grams in ``needed`` (the candidates and their halves), and the one-character extensions of each
+    occurrence of a ``candidates`` string (its neighbours), each occurrence's extension once. The counts of what
+    is counted are the same either way; the table is a tenth of the size.
+    """
+    table = NgramTable()
+    chars = table.chars
+    for sentence in sentences:
+        table.sentences += 1
+        for run in _RUN_RE.findall(sentence):
+            table.positions += len(run)
+            padded = _START + run + _END
+            n = len(padded)
+            if needed is None:
+                # One list for Counter.update, which counts in C: the hot loop of single-pass mining.
+                chars.update([padded[i:j] for i in range(n) for j in range(i + 1, min(n, i + max_chars + 1) + 1)])
+                continue
+            spans = [(i, j) for i in range(n) for j in range(i + 1, min(n, i + max_chars) + 1)
+                     if padded[i:j] in needed]
+            chars.update([padded[i:j] for i, j in spans])
+            extensions = set()
+            for i, j in spans:
+                if padded[i:j] in candidates:  # type: ignore[operator]
+                    if j < n and padded[i:j + 1] not in needed:
+                        extensions.add((i, j + 1))
+                    if i > 0 and padded[i - 1:j] not in needed:
+                        extensions.add((i - 1, j))
+            chars.update([padded[i:j] for i, j in extensions])
+    return table
+
+
+def count_ngrams(sentences: Sequence[str], max_chars: int = 10, max_words: int = 4) -> NgramTable:
+    """Every character n-gram and aligned word n-gram of ``sentences`` in one table (the single-pass count)."""
+    table = count_chars(sentences, max_chars)
+    table.words = count_words(sentences, max_chars, max_words).words
+    return table
+
+
+_NEEDED: tuple[frozenset[str], frozenset[str]] | None = None  # a worker's (needed, candidates) of the char pass
+
+
+def _set_needed(needed: frozenset[str], candidates: frozenset[str]) -> None:
+    global _NEEDED
+    _NEEDED = (needed, candidates)
+
+
+class _WordTask:
+    """A worker's task (picklable): the word pass over one chunk."""
 
     def __init__(self, max_chars: int, max_words: int) -> None:
         self.max_chars, self.max_words = max_chars, max_words
 
     def __call__(self, sentences: list[str]) -> NgramTable:
-        return count_ngrams(sentences, self.max_chars, self.max_words)
+        return count_words(sentences, self.max_chars, self.max_words)
+
+
+class _CharTask:
+    """A worker's task (picklable): the character pass over one chunk; the sets come with the worker
+    (:func:`_set_needed`), not with every task."""
+
+    def __init__(self, max_chars: int, all_ngrams: bool = False) -> None:
+        self.max_chars, self.all_ngrams = max_chars, all_ngrams
+
+    def __call__(self, sentences: list[str]) -> NgramTable:
+        if self.all_ngrams:
+            return count_chars(sentences, self.max_chars)
+        assert _NEEDED is not None
+        return count_chars(sentences, self.max_chars, *_NEEDED)
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -403,26 +468,16 @@ class MiningResult:
     stats: MiningStats
 
 
-def mine_terms(sentences: Iterable[str], config: TermMiningConfig | None = None,
-               total: int | None = None) -> MiningResult:
-    """Mine terms from ``sentences`` (cleaned text, one sentence each; streamed, never all in memory).
-
-    Args:
-        sentences: the corpus.
-        config: the settings (defaults: :class:`TermMiningConfig`).
-        total: the number of sentences, when known, for the progress bar.
-    """
-    config = config or TermMiningConfig()
-    config.validate()
-    started = time.perf_counter()
-    workers = config.resolved_workers()
-    table = NgramTable()
+def _count_pass(task: Any, sentences: Iterable[str], config: TermMiningConfig, workers: int, what: str,
+                total: int | None, initializer: Any = None, initargs: tuple = ()) -> NgramTable:
+    """One pass over the corpus: chunks counted by ``workers`` processes, merged in order, pruned to budget."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="mining terms", unit=" sent", unit_scale=True, disable=not config.progress,
-               mininterval=1.0)
-    results = ordered_map(_Counter(config.max_chars, config.max_words), chunked(sentences, config.chunk_sentences),
-                          workers, initializer=_jieba)
+    table = NgramTable()
+    bar = tqdm(total=total, desc=f"mining terms: {what}", unit=" sent", unit_scale=True,
+               disable=not config.progress, mininterval=1.0)
+    results = ordered_map(task, chunked(sentences, config.chunk_sentences), workers, initializer=initializer,
+                          initargs=initargs)
     try:
         for part in results:
             table.add(part)
@@ -431,6 +486,59 @@ def mine_terms(sentences: Iterable[str], config: TermMiningConfig | None = None,
     finally:
         results.close()
         bar.close()
+    return table
+
+
+def _needed_for(candidates: frozenset[str]) -> frozenset[str]:
+    """The candidates and every half of a cut of one (what cohesion reads)."""
+    needed = set(candidates)
+    for text in candidates:
+        for k in range(1, len(text)):
+            needed.add(text[:k])
+            needed.add(text[k:])
+    return frozenset(needed)
+
+
+def mine_terms(sentences: Sequence[str] | Callable[[], Iterable[str]], config: TermMiningConfig | None = None,
+               total: int | None = None) -> MiningResult:
+    """Mine terms from ``sentences`` (cleaned text, one sentence each).
+
+    Two passes over the corpus, each streamed (never all of it in memory): jieba's word n-grams first, which
+    give the candidates; then only the character n-grams that scoring reads (the candidates, their halves and
+    their neighbours), so the character counts stay exact and small where counting every n-gram would need
+    pruning. With ``min_aligned`` 0 every character n-gram is a candidate and one pass counts everything.
+
+    Args:
+        sentences: the corpus: a sequence, or a function returning a fresh iterable at each call (a file reader).
+        config: the settings (defaults: :class:`TermMiningConfig`).
+        total: the number of sentences, when known, for the progress bars.
+    """
+    config = config or TermMiningConfig()
+    config.validate()
+    source = sentences if callable(sentences) else (lambda: sentences)
+    started = time.perf_counter()
+    workers = config.resolved_workers()
+    global _NEEDED
+    if config.min_aligned > 0:
+        words = _count_pass(_WordTask(config.max_chars, config.max_words), source(), config, workers, "words",
+                            total, initializer=_jieba)
+        floor = config.min_aligned * config.min_count  # an aligned count below it cannot make a candidate
+        candidates = frozenset(w for w, c in words.words.items() if c >= floor and _is_candidate(w, config.max_chars))
+        try:
+            table = _count_pass(_CharTask(config.max_chars), source(), config, workers, "characters", total,
+                                initializer=_set_needed, initargs=(_needed_for(candidates), candidates))
+        finally:
+            _NEEDED = None  # a one-worker run set it in this process
+        table.words, table.prunings = words.words, table.prunings + words.prunings
+        table.prune_below = max(table.prune_below, words.prune_below)
+    else:
+        chars = _count_pass(_CharTask(config.max_chars, all_ngrams=True), source(), config, workers, "characters",
+                            total)
+        words = _count_pass(_WordTask(config.max_chars, config.max_words), source(), config, workers, "words",
+                            total, initializer=_jieba)
+        table = chars
+        table.words, table.prunings = words.words, chars.prunings + words.prunings
+        table.prune_below = max(chars.prune_below, words.prune_below)
     if table.sentences == 0:
         raise BadInputError("term mining got no sentences: give a corpus with text (one sentence a line)")
     ranked = score_terms(table, config)
@@ -479,7 +587,8 @@ def count_lines(paths: Sequence[str | Path]) -> int | None:
 def mine_terms_from_files(paths: Sequence[str | Path], config: TermMiningConfig | None = None) -> MiningResult:
     """:func:`mine_terms` over sentence files (see :func:`iter_sentence_files`)."""
     config = config or TermMiningConfig()
-    return mine_terms(iter_sentence_files(paths), config, total=count_lines(paths) if config.progress else None)
+    return mine_terms(lambda: iter_sentence_files(paths), config,
+                      total=count_lines(paths) if config.progress else None)
 
 
 def write_terms(terms: Sequence[Term], path: str | Path) -> Path:

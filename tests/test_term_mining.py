@@ -133,6 +133,9 @@ def test_the_character_pass_counts_exactly_what_scoring_reads(csl_sentences: lis
     config = TermMiningConfig(workers=1, progress=False)
     partial.words = words.words
     assert score_terms(partial, config) == score_terms(full, config)
+    # --min-aligned 0: every character n-gram is a candidate, so one pass counts them all.
+    chars_only = mine_terms(sample, TermMiningConfig(min_aligned=0.0, workers=1, progress=False))
+    assert chars_only.stats.char_ngrams == len(full.chars) and len(chars_only.terms) > 0
 
 
 def test_prune_drops_the_rarest_until_half_the_budget() -> None:

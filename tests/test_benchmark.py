@@ -24,7 +24,7 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
-    for name in ("masking", "segmentation", "preprocess", "mlm-head", "hot-path", "train"):
+    for name in ("masking", "segmentation", "preprocess", "mlm-head", "hot-path", "train", "terms"):
         assert name in result.stdout
 
 
@@ -36,7 +36,7 @@ def test_every_option_has_a_description() -> None:
         sys.path.remove(str(ROOT / "launch"))
     parser = benchmark.build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(subparsers.choices) >= {"masking", "segmentation", "preprocess", "mlm-head", "hot-path", "train"}
+    assert set(subparsers.choices) >= {"masking", "segmentation", "preprocess", "mlm-head", "hot-path", "train", "terms"}
     for name, child in subparsers.choices.items():
         for action in child._actions:
             assert action.help and action.help.strip(), (name, action.dest)

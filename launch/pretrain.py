@@ -72,9 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     except UnsafeFileError as exc:  # a checkpoint or --model file pickles code (docs/security.md); nothing ran
         print(f"launch/pretrain.py: error: {exc}", file=sys.stderr)
         return 2
-    from framework.training.distributed import shutdown_distributed
-
-    shutdown_distributed()
     if result.exported_model is not None or result.loss_plot is not None:
         # Only what the run wrote: --no-export leaves no model, a run without matplotlib no plot.
         parts = [f"done: {result.steps} steps", f"checkpoint {result.checkpoint}"]
@@ -86,4 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    if status == 0:
+        # Leave the process group together (see shutdown_distributed), here and not in main(): a caller that runs
+        # main() in its own process keeps the group it made. After an error the other ranks may be gone.
+        from framework.training.distributed import shutdown_distributed
+
+        shutdown_distributed()
+    raise SystemExit(status)

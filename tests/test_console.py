@@ -108,6 +108,12 @@ def test_no_export_prints_no_model_none(monkeypatch: pytest.MonkeyPatch, capsys:
     assert spec is not None and spec.loader is not None
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    import torch.distributed as dist
+
+    group_before = dist.is_initialized()
     assert cli.main(["--no-export", "--output-dir", str(tmp_path)]) == 0
+    # main() run in-process leaves the caller's process group alone (the script's own exit path tears down
+    # the group it made): destroying it here once broke every later in-process engine of the test session.
+    assert dist.is_initialized() == group_before
     out = capsys.readouterr().out
     assert "done: 3 steps" in out and "model None" not in out and "model " not in out

@@ -52,7 +52,8 @@ def init_distributed() -> tuple[int, int]:
         get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
         from framework.training.startup import (StartupWatchdog, check_build_lock, init_rebuilding_op,
-                                                prepare_cpu_comm_op, rendezvous_wait_description)
+                                                prepare_cpu_comm_op, rendezvous_wait_description,
+                                                unlink_cpu_comm_segment)
 
         build_dir = prepare_cpu_comm_op()
 
@@ -65,6 +66,9 @@ def init_distributed() -> tuple[int, int]:
 
         with StartupWatchdog(waiting_for), drop_printed_noise():  # "..._comm_op built successfully", every start
             init_rebuilding_op(lambda: deepspeed.init_distributed(verbose=False), build_dir)
+        if build_dir is not None:
+            barrier()  # every rank has mapped every rank's shared segment: the names can go
+            unlink_cpu_comm_segment(dist.get_rank())
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -139,6 +139,29 @@ def prepare_cpu_comm_op() -> Path | None:
     return build_dir
 
 
+SHM_SEGMENT = "deepspeed_allreduce_buffer"
+"""Prefix of the shared-memory segment DeepSpeed's CPU op creates per rank when all ranks share one machine."""
+
+
+def unlink_cpu_comm_segment(rank: int, shm_dir: Path = Path("/dev/shm")) -> Path | None:
+    """Remove the name of this rank's DeepSpeed shared-memory segment; returns it if there was one.
+
+    DeepSpeed's CPU communication op creates ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``
+    (about 69 MB, in RAM-backed ``/dev/shm``) and never unlinks it, so every run left one per rank until reboot:
+    298 of them (20 GB) had piled up on this project's machine and starved it into swapping. Call it once every
+    rank has mapped every other's segment (after a barrier that follows ``init_distributed``): the mappings live
+    on, only the name goes.
+    """
+    name = (f"{SHM_SEGMENT}_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}"
+            f"_{rank}")
+    path = shm_dir / name
+    try:
+        path.unlink()
+    except FileNotFoundError:  # not all ranks on one machine (no segment), or not this op
+        return None
+    return path
+
+
 def init_rebuilding_op(init: Callable[[], None], build_dir: Path | None) -> None:
     """Run ``init`` (``deepspeed.init_distributed``); if it fails to import a CPU op that was never built, build
     it by running ``init`` once more.

@@ -441,7 +441,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
         _check_nonempty(config, tally, bad_rows)
         extra = load_lexicon(config.extra_lexicons) if config.extra_lexicons else {}
         lexicon = writer.keywords + Counter(extra) if extra else writer.keywords
-        mined = _mine_terms(config, writer, out, workers) if config.mine_terms else None
+        mined = _mine_terms(config, writer, out) if config.mine_terms else None
         if mined is not None:
             lexicon = lexicon + Counter({t.text: t.count for t in mined.terms})
         write_lexicon(lexicon, out / "keywords.txt")
@@ -471,7 +471,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
     return PreprocessResult(out, out / "train.txt", out / "valid.txt", out / "keywords.txt", out / "stats.json", stats)
 
 
-def _mine_terms(config: PreprocessConfig, writer: "_CorpusWriter", out: Path, workers: int) -> Any:
+def _mine_terms(config: PreprocessConfig, writer: "_CorpusWriter", out: Path) -> Any:
     """Mine terms from the (still temporary, complete) train.txt and write ``mined_terms.txt`` and ``.tsv``."""
     from framework.data.term_mining import TermMiningConfig, mine_terms_from_files, write_term_table, write_terms
 

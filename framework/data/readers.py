@@ -240,6 +240,12 @@ def open_binary(path: str | Path) -> BinaryIO:
     return open(path, "rb")
 
 
+def count_file_lines(path: str | Path) -> int:
+    """Newlines in a plain file, read in 1 MB blocks (for progress bars' totals)."""
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+
+
 def _is_blank(raw: bytes) -> bool:
     """Whether a raw line is a separator (only spaces and line breaks) rather than a row."""
     return not raw.strip(_BLANK_BYTES)

@@ -40,6 +40,7 @@ import numpy as np
 
 from framework.data.atomic import current_umask
 from framework.data.parallel import available_cores, chunked
+from framework.data.readers import count_file_lines
 from framework.data.example import EntityTable, SegmentedExample, VocabInfo
 from framework.data.segmenter import SegmentedChunk, Segmenter, entity_token_table
 
@@ -132,11 +133,6 @@ def _read_sentences(corpus: Path) -> Iterator[str]:
                 yield line
 
 
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as f:
-        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-
-
 class _Writer:
     """Appends segmented sentences to the flat files of a cache folder being built."""
 
@@ -219,7 +215,7 @@ def build_segmented_dataset(
     chunks = chunked(_read_sentences(corpus), CHUNK_SENTENCES)
     from tqdm import tqdm
 
-    bar = tqdm(total=_count_lines(corpus), unit=" sentences", unit_scale=True, desc=f"segmenting {corpus.name}",
+    bar = tqdm(total=count_file_lines(corpus), unit=" sentences", unit_scale=True, desc=f"segmenting {corpus.name}",
                disable=not progress, mininterval=1.0)
     try:
         if workers == 1:

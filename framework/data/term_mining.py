@@ -53,7 +53,7 @@ from framework.data.atomic import atomic_text_file
 from framework.data.cleaning import CJK_CHAR_CLASS, clean_text
 from framework.data.lexicon import write_lexicon
 from framework.data.parallel import available_cores, chunked, ordered_map
-from framework.data.readers import BadInputError, open_binary
+from framework.data.readers import BadInputError, count_file_lines, open_binary
 
 logger = logging.getLogger(__name__)
 
@@ -519,9 +519,9 @@ def mine_terms(sentences: Sequence[str] | Callable[[], Iterable[str]], config: T
     started = time.perf_counter()
     workers = config.resolved_workers()
     global _NEEDED
+    words = _count_pass(_WordTask(config.max_chars, config.max_words), source(), config, workers, "words", total,
+                        initializer=_jieba)
     if config.min_aligned > 0:
-        words = _count_pass(_WordTask(config.max_chars, config.max_words), source(), config, workers, "words",
-                            total, initializer=_jieba)
         floor = config.min_aligned * config.min_count  # an aligned count below it cannot make a candidate
         candidates = frozenset(w for w, c in words.words.items() if c >= floor and _is_candidate(w, config.max_chars))
         try:
@@ -529,16 +529,11 @@ def mine_terms(sentences: Sequence[str] | Callable[[], Iterable[str]], config: T
                                 initializer=_set_needed, initargs=(_needed_for(candidates), candidates))
         finally:
             _NEEDED = None  # a one-worker run set it in this process
-        table.words, table.prunings = words.words, table.prunings + words.prunings
-        table.prune_below = max(table.prune_below, words.prune_below)
     else:
-        chars = _count_pass(_CharTask(config.max_chars, all_ngrams=True), source(), config, workers, "characters",
+        table = _count_pass(_CharTask(config.max_chars, all_ngrams=True), source(), config, workers, "characters",
                             total)
-        words = _count_pass(_WordTask(config.max_chars, config.max_words), source(), config, workers, "words",
-                            total, initializer=_jieba)
-        table = chars
-        table.words, table.prunings = words.words, chars.prunings + words.prunings
-        table.prune_below = max(chars.prune_below, words.prune_below)
+    table.words, table.prunings = words.words, table.prunings + words.prunings
+    table.prune_below = max(table.prune_below, words.prune_below)
     if table.sentences == 0:
         raise BadInputError("term mining got no sentences: give a corpus with text (one sentence a line)")
     ranked = score_terms(table, config)
@@ -575,13 +570,10 @@ def iter_sentence_files(paths: Sequence[str | Path]) -> Iterator[str]:
 
 def count_lines(paths: Sequence[str | Path]) -> int | None:
     """Lines of the plain files (for the progress bar); ``None`` when one is compressed or missing."""
-    total = 0
-    for path in map(Path, paths):
-        if path.suffix == ".gz" or not path.is_file():
-            return None
-        with open(path, "rb") as f:
-            total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    return total
+    paths = [Path(p) for p in paths]
+    if any(path.suffix == ".gz" or not path.is_file() for path in paths):
+        return None
+    return sum(map(count_file_lines, paths))
 
 
 def mine_terms_from_files(paths: Sequence[str | Path], config: TermMiningConfig | None = None) -> MiningResult:

@@ -167,7 +167,14 @@ def test_key_without_network_goes_offline_fast_and_key_never_leaks(
     assert FAKE_KEY.encode() not in all_bytes_under(out)
     assert "hf_abcdefgh".encode() not in all_bytes_under(out)
     # The config did reach the run (offline, it is stored in the run's .wandb record file), redacted.
-    record = next((out / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    # wandb-core, a separate process shared by the test session, may still be writing the record when finish()
+    # returns (CI once read only its 8-byte header): wait for it, up to 30 s.
+    path = next((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    deadline = time.monotonic() + 30
+    record = path.read_bytes()
+    while not (b"entity_wwm" in record and REDACTED.encode() in record) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        record = path.read_bytes()
     assert b"entity_wwm" in record and REDACTED.encode() in record
 
 
